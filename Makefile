@@ -1,0 +1,33 @@
+# Two commands for a fresh machine with Python 3.10+ and make:
+#   make demo   build the demo data and run the search on it
+#   make test   run the test suite
+# Both create and fill .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test test-all lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/tlsearch demo-data demo_data
+	$(BIN)/tlsearch doctor demo_data
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "" 
+
+lint: $(STAMP)
+	$(BIN)/ruff check tlsearch tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo_data studies .tlsearch_cache

@@ -1,0 +1,11 @@
+"""tlsearch: find the transfer-learning strategy that works for your images.
+
+Importing this package never imports TensorFlow; the heavy modules import it
+lazily, so `tlsearch --help` stays instant.
+"""
+
+from tlsearch.strategy import Strategy
+
+__version__ = "0.1.0"
+
+__all__ = ["Strategy", "__version__"]

@@ -1,0 +1,324 @@
+"""Strategy + backbone spec -> Keras models that share one set of weights.
+
+The deployable graph is `input -> augmentation -> preprocessing -> backbone -> head`,
+every piece a built-in Keras layer (no Lambda, no custom objects), so a saved model
+loads with plain Keras and `safe_mode=True`. For training on cached activations the
+backbone is split at a block boundary into a frozen prefix and a trainable suffix.
+
+BatchNorm modes (the seeds' hardest lesson, made explicit):
+  * `frozen`: BN runs in inference mode and nothing in it updates;
+  * `affine`: gamma/beta of the unfrozen blocks learn, moving statistics stay;
+  * `adapt`: every BN layer of the backbone uses batch statistics while training
+    (moving statistics update), so the prefix is no longer a fixed function and
+    cannot be cached.
+The backbone is always called with an explicit `training=`: False in the deployable
+model, and `bn_mode == "adapt"` in the training graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tlsearch.backbones import BackboneSpec, Blocks, build_backbone, find_blocks, get_spec
+from tlsearch.strategy import ALL_BLOCKS, Strategy
+
+__all__ = [
+    "AUGMENTATION_LEVELS",
+    "TransferModel",
+    "augmentation_layers",
+    "build_transfer_model",
+    "preprocessing_layers",
+]
+
+_IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+_IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+#: What each augmentation level does, as documented to users (and in the report).
+AUGMENTATION_LEVELS = {
+    "none": "no augmentation",
+    "light": "horizontal flip, rotation ±5%, zoom ±10%, translation ±5%",
+    "medium": "horizontal flip, rotation ±10%, zoom ±15%, translation ±10%, "
+              "contrast ±20%, brightness ±20%",
+    "strong": "horizontal flip, zoom ±20%, translation ±10%, then RandAugment "
+              "(2 random ops, magnitude 0.5)",
+}
+
+
+def preprocessing_layers(family: str) -> list[Any]:
+    """The backbone family's `preprocess_input`, as built-in Keras layers.
+
+    Input is raw RGB in 0-255. Built-in layers (rather than a custom layer) keep
+    exported models loadable by plain Keras without registering anything.
+    """
+    from keras import layers
+
+    if family == "none":
+        return []
+    if family == "tf":
+        return [layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_tf")]
+    if family == "torch":
+        return [
+            layers.Rescaling(1.0 / 255.0, name="preprocess_torch_scale"),
+            layers.Normalization(mean=list(_IMAGENET_MEAN_RGB),
+                                 variance=[s * s for s in _IMAGENET_STD_RGB],
+                                 name="preprocess_torch_normalize"),
+        ]
+    if family == "caffe":
+        # RGB->BGR and mean subtraction as one fixed affine map over channels; products
+        # with exact 0/1 weights keep it bit-identical to `preprocess_input`.
+        dense = layers.Dense(3, trainable=False, name="preprocess_caffe_bgr_mean")
+        dense.build((None, None, None, 3))
+        dense.set_weights([np.eye(3, dtype="float32")[::-1].copy(),
+                           -np.asarray(_CAFFE_MEAN_BGR, dtype="float32")])
+        return [dense]
+    raise ValueError(f"unknown preprocessing family {family!r}")
+
+
+def augmentation_layers(level: str, *, seed: int = 0) -> list[Any]:
+    """Keras random-preprocessing layers for a strength level (active only in training)."""
+    from keras import layers
+
+    if level == "none":
+        return []
+    if level == "light":
+        return [
+            layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
+            layers.RandomRotation(0.05, seed=seed + 1, name="aug_rotate"),
+            layers.RandomZoom(0.1, seed=seed + 2, name="aug_zoom"),
+            layers.RandomTranslation(0.05, 0.05, seed=seed + 3, name="aug_translate"),
+        ]
+    if level == "medium":
+        return [
+            layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
+            layers.RandomRotation(0.1, seed=seed + 1, name="aug_rotate"),
+            layers.RandomZoom(0.15, seed=seed + 2, name="aug_zoom"),
+            layers.RandomTranslation(0.1, 0.1, seed=seed + 3, name="aug_translate"),
+            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4, name="aug_contrast"),
+            layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 5,
+                                    name="aug_brightness"),
+        ]
+    if level == "strong":
+        return [
+            layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
+            layers.RandomZoom(0.2, seed=seed + 2, name="aug_zoom"),
+            layers.RandomTranslation(0.1, 0.1, seed=seed + 3, name="aug_translate"),
+            layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 6,
+                               name="aug_randaugment"),
+        ]
+    raise ValueError(f"unknown augmentation level {level!r}")
+
+
+def _is_bn(layer: Any) -> bool:
+    from keras import layers
+
+    return isinstance(layer, layers.BatchNormalization)
+
+
+@dataclass
+class TransferModel:
+    """The Keras pieces of one strategy; every model here shares the same layers.
+
+    Attributes:
+        backbone: the full backbone (functional, no top).
+        head: feature map -> class probabilities.
+        prefix / suffix: the backbone split at the cut of `strategy.unfreeze_blocks`.
+            `prefix` is None when the whole backbone trains; `suffix` is None when
+            nothing of it does.
+        cacheable: whether the prefix is a fixed function of the image, so its
+            activations can be computed once and reused.
+    """
+
+    strategy: Strategy
+    spec: BackboneSpec
+    num_classes: int
+    blocks: Blocks
+    backbone: Any
+    head: Any
+    preprocess: list[Any]
+    augment: list[Any]
+    prefix: Any
+    suffix: Any
+    cut: str | None
+
+    @property
+    def depth(self) -> int:
+        """Blocks unfrozen at the deepest point of training (`ALL_BLOCKS` stays -1)."""
+        if not self.strategy.fine_tunes:
+            return 0
+        k = self.strategy.unfreeze_blocks
+        return ALL_BLOCKS if k == ALL_BLOCKS else min(k, len(self.blocks))
+
+    @property
+    def cacheable(self) -> bool:
+        return self.prefix is not None and self.strategy.bn_mode != "adapt"
+
+    @property
+    def _train_flag(self) -> bool:
+        return self.strategy.bn_mode == "adapt"
+
+    # -- trainability ------------------------------------------------------------------
+
+    def set_unfrozen(self, blocks: int) -> None:
+        """Make the top `blocks` backbone blocks trainable (BN per the strategy's mode).
+
+        `ALL_BLOCKS` makes the stem trainable too. Everything else in the backbone
+        is frozen, except BatchNorm layers under `adapt`, which train everywhere.
+        Callers must rebuild their optimizer (or recompile) afterwards: the set of
+        trainable variables has changed.
+        """
+        ops = list(self.backbone.operations)
+        cut = self.blocks.cut_for(blocks)
+        if cut is None:
+            start = 0
+        elif cut == "<output>":
+            start = len(ops)
+        else:
+            start = next(i for i, op in enumerate(ops) if op.name == cut) + 1
+        mode = self.strategy.bn_mode
+        for i, op in enumerate(ops):
+            if not hasattr(op, "trainable"):
+                continue
+            in_suffix = i >= start
+            if _is_bn(op):
+                op.trainable = mode == "adapt" or (in_suffix and mode == "affine")
+            else:
+                op.trainable = in_suffix
+
+    # -- graphs ----------------------------------------------------------------------
+
+    def deployable(self, name: str = "tlsearch_model") -> Any:
+        """Raw RGB 0-255 -> probabilities; BN always in inference mode."""
+        import keras
+
+        size = self.strategy.image_size
+        inputs = keras.Input((size, size, 3), name="image_rgb_0_255")
+        x = inputs
+        for layer in self.augment:
+            x = layer(x)
+        for layer in self.preprocess:
+            x = layer(x)
+        x = self.backbone(x, training=False)
+        outputs = self.head(x)
+        return keras.Model(inputs, outputs, name=name)
+
+    def train_forward(self, images: Any) -> Any:
+        """Training-mode forward pass on raw RGB images (the uncached path).
+
+        Keras 3 functional models pass the *outer* `training` value down to every
+        layer, overriding a `training=False` recorded when the graph was built, so
+        training calls each piece directly with its own explicit flag.
+        """
+        x = images
+        for layer in self.augment:
+            x = layer(x, training=True)
+        for layer in self.preprocess:
+            x = layer(x)
+        x = self.backbone(x, training=self._train_flag)
+        return self.head(x, training=True)
+
+    def feature_extractor(self) -> Any:
+        """Raw RGB (already augmented, if at all) -> prefix activations, inference mode."""
+        import keras
+
+        if self.prefix is None:
+            raise ValueError("this strategy trains the whole backbone: there is no prefix")
+        size = self.strategy.image_size
+        inputs = keras.Input((size, size, 3), name="image_rgb_0_255")
+        x = inputs
+        for layer in self.preprocess:
+            x = layer(x)
+        return keras.Model(inputs, self.prefix(x, training=False), name="prefix_extractor")
+
+    def features_model(self) -> Any:
+        """Cached prefix activations -> probabilities, for inference-mode evaluation."""
+        import keras
+
+        if self.prefix is None:
+            raise ValueError("this strategy trains the whole backbone: there is no prefix")
+        shape = tuple(self.prefix.output.shape[1:])
+        inputs = keras.Input(shape, name="prefix_activations")
+        x = inputs if self.suffix is None else self.suffix(inputs, training=False)
+        return keras.Model(inputs, self.head(x), name="features_model")
+
+    def features_forward(self, features: Any) -> Any:
+        """Training-mode forward pass from cached prefix activations."""
+        x = features if self.suffix is None else self.suffix(features, training=self._train_flag)
+        return self.head(x, training=True)
+
+    @property
+    def trainable_variables(self) -> tuple[list[Any], list[Any]]:
+        """(backbone variables, head variables) that currently train: the two LR groups."""
+        return list(self.backbone.trainable_variables), list(self.head.trainable_variables)
+
+    def augment_images(self, images: Any) -> Any:
+        """Apply the strategy's augmentation in training mode (identity for `none`)."""
+        x = images
+        for layer in self.augment:
+            x = layer(x, training=True)
+        return x
+
+
+def _build_head(feature_shape: tuple[int, ...], num_classes: int, strategy: Strategy) -> Any:
+    import keras
+    from keras import layers, regularizers
+
+    reg = regularizers.L2(strategy.head_l2) if strategy.head_l2 > 0 else None
+    inputs = keras.Input(feature_shape, name="features")
+    x = layers.GlobalAveragePooling2D(name="head_pool")(inputs)
+    if strategy.head_dropout > 0:
+        x = layers.Dropout(strategy.head_dropout, seed=strategy.seed, name="head_dropout")(x)
+    if strategy.head_hidden_units:
+        x = layers.Dense(strategy.head_hidden_units, activation="relu", kernel_regularizer=reg,
+                         name="head_hidden")(x)
+        if strategy.head_dropout > 0:
+            x = layers.Dropout(strategy.head_dropout, seed=strategy.seed + 1,
+                               name="head_hidden_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg,
+                           dtype="float32", name="head_logits")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def _split(backbone: Any, cut: str | None) -> tuple[Any, Any]:
+    import keras
+
+    if cut is None:
+        return None, backbone
+    if cut == "<output>":
+        return backbone, None
+    tensor = next(op for op in backbone.operations if op.name == cut).output
+    prefix = keras.Model(backbone.inputs, tensor, name="prefix")
+    suffix = keras.Model(tensor, backbone.outputs, name="suffix")
+    return prefix, suffix
+
+
+def build_transfer_model(strategy: Strategy, num_classes: int, *,
+                         spec: BackboneSpec | None = None) -> TransferModel:
+    """Build every graph a strategy needs, with trainability set for its full depth.
+
+    Raises:
+        WeightsUnavailableError / WeightsError: as `build_backbone`.
+    """
+    import keras
+
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {num_classes}")
+    spec = spec or get_spec(strategy.backbone)
+    keras.utils.set_random_seed(strategy.seed)
+    backbone = build_backbone(spec, strategy.image_size, strategy.weights, seed=strategy.seed)
+    blocks = find_blocks(backbone, spec.block_regex)
+    depth = strategy.unfreeze_blocks if strategy.fine_tunes else 0
+    cut = blocks.cut_for(depth)
+    prefix, suffix = _split(backbone, cut)
+    head = _build_head(tuple(backbone.output.shape[1:]), num_classes, strategy)
+    model = TransferModel(
+        strategy=strategy, spec=spec, num_classes=num_classes, blocks=blocks,
+        backbone=backbone, head=head, preprocess=preprocessing_layers(spec.family),
+        augment=augmentation_layers(strategy.augmentation, seed=strategy.seed),
+        prefix=prefix, suffix=suffix, cut=cut,
+    )
+    model.set_unfrozen(model.depth)
+    return model
