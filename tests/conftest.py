@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny image datasets written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
+
+
+def write_colour_dataset(root: Path, counts: dict[str, int], *, size: int = 32,
+                         seed: int = 0, noise: float = 45.0) -> Path:
+    """Classes that differ by dominant colour plus noise: learnable through a random
+    frozen backbone (colour survives random convolutions and pooling)."""
+    rng = np.random.default_rng(seed)
+    for k, (name, n) in enumerate(counts.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.array(COLOURS[k % len(COLOURS)], dtype=np.float32)
+        for i in range(n):
+            img = base + rng.normal(0, noise, (size, size, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def colour_data(tmp_path) -> Path:
+    return write_colour_dataset(tmp_path / "data", {"red": 30, "green": 30, "blue": 30})
+
+
+@pytest.fixture
+def trial_data(colour_data, tmp_path):
+    from tlsearch.data import make_split, scan
+    from tlsearch.train import TrialData
+
+    index = scan(colour_data)
+    split = make_split(index, val_fraction=0.3, seed=0)
+    return TrialData.from_split(colour_data, split, tmp_path / "cache")

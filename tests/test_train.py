@@ -1,0 +1,155 @@
+"""The trial engine on the tiny backbone: phases, cache, resume, NaN, imbalance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_colour_dataset
+from tlsearch.features import FeatureCache
+from tlsearch.strategy import Strategy
+from tlsearch.train import TrialData, TrialPruned, compute_metrics, run_trial
+
+
+def _strategy(**kw) -> Strategy:
+    base = dict(backbone="tiny_cnn", image_size=32, weights="none", head_epochs=2,
+                finetune_epochs=2, unfreeze_blocks=1, bn_mode="frozen", head_lr=3e-2,
+                backbone_lr=3e-3, batch_size=16, head_dropout=0.0, seed=1)
+    base.update(kw)
+    return Strategy(**base)
+
+
+class Recorder:
+    def __init__(self, stop_at: int | None = None, crash_at: int | None = None):
+        self.steps: list[int] = []
+        self.values: list[float] = []
+        self.stop_at, self.crash_at = stop_at, crash_at
+
+    def report(self, value, step):
+        self.steps.append(step)
+        self.values.append(value)
+        if self.crash_at is not None and step == self.crash_at:
+            raise KeyboardInterrupt("simulated kill after the checkpoint")
+
+    def should_stop(self):
+        return self.stop_at is not None and self.steps[-1] >= self.stop_at
+
+
+def test_phases_and_one_global_step(trial_data):
+    rec = Recorder()
+    result = run_trial(_strategy(), trial_data, rec)
+    assert result.state == "complete"
+    assert rec.steps == [1, 2, 3, 4]
+    assert [h["phase"] for h in result.history] == ["head", "head", "finetune", "finetune"]
+    assert result.history[0]["lr_backbone"] == 0.0 and result.history[-1]["lr_backbone"] > 0
+    assert result.objective == pytest.approx(result.metrics["balanced_accuracy"])
+    assert result.val_probabilities.shape == (len(trial_data.val_paths), 3)
+    assert result.latency_ms > 0 and result.params["total"] > 0
+    assert result.objective > 0.6, "colour classes must be learnable"
+
+
+def test_gradual_unfreezing_adds_a_block_per_phase(trial_data):
+    result = run_trial(_strategy(unfreeze_blocks=2, gradual=True, finetune_epochs=2),
+                       trial_data)
+    assert [h["unfrozen_blocks"] for h in result.history] == [0, 0, 1, 2]
+
+
+def test_pruning_stops_the_trial(trial_data):
+    with pytest.raises(TrialPruned):
+        run_trial(_strategy(), trial_data, Recorder(stop_at=2))
+
+
+def test_second_trial_hits_the_cache_and_skips_the_prefix(trial_data):
+    cache = FeatureCache(trial_data.cache_dir)
+    first = run_trial(_strategy(), trial_data, feature_cache=cache)
+    second = run_trial(_strategy(head_lr=1e-2), trial_data, feature_cache=cache)
+    assert first.cache == {"hits": 0, "misses": 2}
+    assert second.cache == {"hits": 2, "misses": 0}
+    assert first.cached and second.cached
+
+
+def test_corrupt_cache_entry_is_recomputed(trial_data):
+    cache = FeatureCache(trial_data.cache_dir)
+    clean = run_trial(_strategy(), trial_data, feature_cache=cache)
+    for entry in cache.root.glob("*.npy"):
+        data = bytearray(entry.read_bytes())
+        data[-5] ^= 0xFF
+        entry.write_bytes(bytes(data))
+    again = run_trial(_strategy(), trial_data, feature_cache=cache)
+    assert again.cache == {"hits": 0, "misses": 2}
+    assert cache.stats.recomputed_corrupt == 2
+    assert again.objective == pytest.approx(clean.objective)
+
+
+def test_cached_and_uncached_agree(trial_data, monkeypatch):
+    """Same seed, same model: the cache changes speed, not the result."""
+    from tlsearch import model as model_mod
+
+    cached = run_trial(_strategy(), trial_data)
+    monkeypatch.setattr(model_mod.TransferModel, "cacheable", property(lambda self: False))
+    uncached = run_trial(_strategy(), trial_data)
+    assert cached.cached and not uncached.cached
+    n_val = len(trial_data.val_paths)
+    assert abs(cached.objective - uncached.objective) <= 1.5 / n_val * 3
+    assert np.abs(cached.val_probabilities - uncached.val_probabilities).max() < 0.05
+
+
+def test_adapt_runs_uncached_and_says_so(trial_data):
+    result = run_trial(_strategy(bn_mode="adapt", head_epochs=1, finetune_epochs=1), trial_data)
+    assert result.state == "complete" and not result.cached
+    assert any("not cacheable" in note for note in result.notes)
+
+
+def test_resume_after_kill_repeats_no_epoch(trial_data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(_strategy(), trial_data, Recorder(crash_at=3), checkpoint_dir=ckpt)
+    rec = Recorder()
+    result = run_trial(_strategy(), trial_data, rec, resume_from=ckpt, checkpoint_dir=ckpt)
+    assert rec.steps == [4]
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4]
+    assert result.resumed_from_step == 3
+
+
+def test_checkpoint_of_other_strategy_is_ignored(trial_data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run_trial(_strategy(), trial_data, checkpoint_dir=ckpt)
+    rec = Recorder()
+    run_trial(_strategy(head_lr=1e-3), trial_data, rec, resume_from=ckpt)
+    assert rec.steps == [1, 2, 3, 4]
+
+
+def test_nan_loss_fails_the_trial(trial_data):
+    result = run_trial(_strategy(), trial_data, nan_at_step=2)
+    assert result.state == "failed" and result.failure_reason == "nan_loss"
+    assert result.objective is None
+
+
+def test_metrics_from_sklearn():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    m = compute_metrics(np.array([0, 1, 2, 2]), probs, ["a", "b", "c"])
+    assert m["accuracy"] == 0.75
+    assert m["balanced_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert m["confusion_matrix"][2] == [1, 0, 1]
+    assert m["per_class"]["c"]["recall"] == 0.5
+
+
+@pytest.fixture
+def imbalanced_data(tmp_path):
+    from tlsearch.data import make_split, scan
+
+    root = write_colour_dataset(tmp_path / "imb", {"a": 60, "b": 60, "c": 60, "rare": 10},
+                                seed=3)
+    split = make_split(scan(root), val_fraction=0.4, seed=0)
+    return TrialData.from_split(root, split, tmp_path / "cache")
+
+
+def test_each_imbalance_remedy_changes_minority_recall(imbalanced_data):
+    recalls = {}
+    for remedy in ("none", "class_weight", "oversample", "focal"):
+        result = run_trial(_strategy(imbalance=remedy, unfreeze_blocks=-1, head_epochs=2,
+                                     finetune_epochs=4, head_lr=2e-2, backbone_lr=1e-2),
+                           imbalanced_data)
+        recalls[remedy] = result.metrics["per_class"]["rare"]["recall"]
+    for remedy in ("class_weight", "oversample", "focal"):
+        assert recalls[remedy] > recalls["none"], recalls

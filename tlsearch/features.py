@@ -1,0 +1,136 @@
+"""The frozen-prefix activation cache: compute a frozen prefix once, reuse it everywhere.
+
+One entry per (backbone, weights identity, image size, cut, dataset part, view).
+Entries are float16 `.npy` files with a JSON sidecar holding their SHA-256; both are
+written to a temporary name and renamed into place, and a per-entry lock file makes
+concurrent workers wait for the one that computes. A torn or corrupt entry fails its
+checksum and is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CacheStats", "FeatureCache", "feature_key"]
+
+
+def feature_key(**parts: Any) -> str:
+    """Stable key for an entry from named parts (order-independent)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    recomputed_corrupt: int = 0
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FeatureCache:
+    """Disk cache of prefix activations shared by trials and worker processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "features"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.stats = CacheStats()
+
+    def _paths(self, key: str) -> tuple[Path, Path, Path]:
+        return self.root / f"{key}.npy", self.root / f"{key}.json", self.root / f"{key}.lock"
+
+    @contextmanager
+    def _locked(self, key: str):
+        lock_path = self._paths(key)[2]
+        with open(lock_path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def load(self, key: str) -> np.ndarray | None:
+        """The entry as a read-only memory map, or None if missing or not intact."""
+        data_path, meta_path, _ = self._paths(key)
+        if not (data_path.is_file() and meta_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if _sha256_file(data_path) != meta["sha256"]:
+                return None
+            array = np.load(data_path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, KeyError):
+            return None
+        if list(array.shape) != meta.get("shape"):
+            return None
+        return array
+
+    def contains(self, key: str) -> bool:
+        return self.load(key) is not None
+
+    def get_or_compute(self, key: str, compute: Callable[[], np.ndarray],
+                       *, meta: dict[str, Any] | None = None) -> tuple[np.ndarray, bool]:
+        """Return (activations, hit). On a miss, `compute()` runs once across processes."""
+        cached = self.load(key)
+        if cached is not None:
+            self.stats.hits += 1
+            return cached, True
+        with self._locked(key):
+            cached = self.load(key)  # another worker may have filled it while we waited
+            if cached is not None:
+                self.stats.hits += 1
+                return cached, True
+            if self._paths(key)[0].exists():
+                self.stats.recomputed_corrupt += 1
+            self.stats.misses += 1
+            self._write(key, np.asarray(compute(), dtype=np.float16), meta or {})
+        result = self.load(key)
+        if result is None:  # pragma: no cover - only if the disk lies to us
+            raise OSError(f"feature cache entry {key} could not be read back after writing")
+        return result, False
+
+    def _write(self, key: str, array: np.ndarray, meta: dict[str, Any]) -> None:
+        data_path, meta_path, _ = self._paths(key)
+        tmp = self.root / f".{key}.{uuid.uuid4().hex}.tmp.npy"
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            record = dict(meta, sha256=_sha256_file(tmp), shape=list(array.shape),
+                          dtype=str(array.dtype))
+            meta_tmp = self.root / f".{key}.{uuid.uuid4().hex}.tmp.json"
+            meta_tmp.write_text(json.dumps(record, sort_keys=True))
+            # The sidecar goes first: a reader that finds new data with an old sidecar
+            # fails the checksum and recomputes rather than trusting a mismatch.
+            os.replace(meta_tmp, meta_path)
+            os.replace(tmp, data_path)
+            _fsync_dir(self.root)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,708 @@
+"""The trial engine: staged fine-tuning on a cached frozen prefix.
+
+`run_trial` trains one `Strategy` and returns a `TrialResult`. It knows nothing of
+Optuna: a `Reporter` (report a value at a step, ask whether to stop) lets an Optuna
+trial, a KerasTuner trial or nothing at all sit behind it.
+
+Phases follow the seeds' recipe: warm the head up with the backbone frozen, then
+unfreeze the top blocks (all at once, or one more per phase) at the lower backbone
+learning rate while the head keeps its own. Epochs are counted across phases as one
+global step, which is what the pruner sees. When the strategy's prefix is cacheable,
+its activations are computed once per (backbone, weights, size, cut, data, view) and
+every epoch trains only the suffix and head on them.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from tlsearch.strategy import ALL_BLOCKS, Strategy
+
+__all__ = [
+    "CHECKPOINT_DIR_NAME",
+    "NullReporter",
+    "Reporter",
+    "TrialData",
+    "TrialFailed",
+    "TrialPruned",
+    "TrialResult",
+    "compute_metrics",
+    "run_trial",
+]
+
+CHECKPOINT_DIR_NAME = "checkpoint"
+#: Augmented views cached per augmentation level; each epoch samples one.
+AUGMENTED_VIEWS = 3
+EVAL_BATCH = 128
+
+
+class TrialPruned(Exception):
+    """The reporter asked the trial to stop (the pruner judged it hopeless)."""
+
+
+class TrialFailed(Exception):
+    """The trial cannot produce a score; `reason` is a short code such as `nan_loss`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Reporter(Protocol):
+    def report(self, value: float, step: int) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class NullReporter:
+    """Reports nowhere and never stops a trial."""
+
+    def report(self, value: float, step: int) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """What a trial trains and validates on; pixels are decoded lazily per image size."""
+
+    root: Path
+    classes: tuple[str, ...]
+    train_paths: tuple[str, ...]
+    train_labels: tuple[int, ...]
+    val_paths: tuple[str, ...]
+    val_labels: tuple[int, ...]
+    fingerprint: str
+    cache_dir: Path
+
+    @classmethod
+    def from_split(cls, root: Path, split: Any, cache_dir: Path) -> TrialData:
+        return cls(
+            root=Path(root), classes=tuple(split.classes),
+            train_paths=tuple(p for p, _ in split.train), train_labels=tuple(y for _, y in split.train),
+            val_paths=tuple(p for p, _ in split.val), val_labels=tuple(y for _, y in split.val),
+            fingerprint=split.fingerprint, cache_dir=Path(cache_dir),
+        )
+
+    def images(self, part: str, size: int) -> np.ndarray:
+        from tlsearch.data import decode_cached
+
+        paths = self.train_paths if part == "train" else self.val_paths
+        return decode_cached(self.root, list(paths), size, cache_dir=self.cache_dir,
+                             fingerprint=self.fingerprint)
+
+    def labels(self, part: str) -> np.ndarray:
+        return np.asarray(self.train_labels if part == "train" else self.val_labels, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Everything a trial leaves behind, JSON-serialisable via `to_dict`."""
+
+    strategy: Strategy
+    state: str  # "complete" | "pruned" | "failed"
+    objective: float | None
+    metric_name: str
+    metrics: dict[str, Any]
+    history: tuple[dict[str, Any], ...]
+    timings: dict[str, float]
+    params: dict[str, int]
+    latency_ms: float | None
+    cached: bool
+    cache: dict[str, int]
+    val_probabilities: np.ndarray | None = None
+    failure_reason: str | None = None
+    failure_detail: str = ""
+    resumed_from_step: int = 0
+    notes: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy.to_dict(), "state": self.state,
+            "objective": self.objective, "metric_name": self.metric_name,
+            "metrics": self.metrics, "history": list(self.history), "timings": self.timings,
+            "params": self.params, "latency_ms": self.latency_ms, "cached": self.cached,
+            "cache": self.cache, "failure_reason": self.failure_reason,
+            "failure_detail": self.failure_detail, "resumed_from_step": self.resumed_from_step,
+            "notes": list(self.notes),
+        }
+
+
+# -- metrics -----------------------------------------------------------------------------
+
+
+def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Validation metrics from probabilities, all through scikit-learn."""
+    from sklearn import metrics as M
+
+    labels = list(range(len(classes)))
+    y_pred = probs.argmax(axis=1)
+    precision, recall, f1, support = M.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    k = min(3, len(classes) - 1) if len(classes) > 2 else 1
+    out: dict[str, Any] = {
+        "balanced_accuracy": float(M.balanced_accuracy_score(y_true, y_pred)),
+        "accuracy": float(M.accuracy_score(y_true, y_pred)),
+        "macro_f1": float(M.f1_score(y_true, y_pred, labels=labels, average="macro",
+                                     zero_division=0)),
+        f"top{k}_accuracy": float(M.top_k_accuracy_score(y_true, probs, k=k, labels=labels))
+        if len(classes) > 2 else float(M.accuracy_score(y_true, y_pred)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f),
+                   "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+        },
+        "confusion_matrix": M.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "log_loss": float(M.log_loss(y_true, _normalised(probs), labels=labels)),
+    }
+    return out
+
+
+def _normalised(probs: np.ndarray) -> np.ndarray:
+    clipped = np.clip(probs, 1e-7, 1.0)
+    return clipped / clipped.sum(axis=1, keepdims=True)
+
+
+# -- schedules, losses, sampling ------------------------------------------------------------
+
+
+def _lr_factor(schedule: str, epoch: int, epochs: int, warmup: int, plateau_factor: float) -> float:
+    """Multiplier of a phase's base LR at `epoch` (0-based within the phase)."""
+    if warmup and epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    if schedule == "cosine":
+        span = max(1, epochs - warmup)
+        t = (epoch - warmup) / span
+        return 0.5 * (1 + math.cos(math.pi * t)) * 0.9 + 0.1
+    if schedule == "plateau":
+        return plateau_factor
+    return 1.0
+
+
+def _class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = np.ones(n_classes, dtype=np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return weights
+
+
+def _epoch_order(labels: np.ndarray, strategy: Strategy, step: int) -> np.ndarray:
+    """Sample order for one epoch; `oversample` draws classes uniformly."""
+    rng = np.random.default_rng([strategy.seed, step])
+    if strategy.imbalance != "oversample":
+        return rng.permutation(len(labels))
+    counts = np.bincount(labels)
+    p = 1.0 / counts[labels]
+    return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Phase:
+    name: str
+    blocks: int
+    epochs: int
+
+
+def _phases(strategy: Strategy, n_blocks: int) -> list[_Phase]:
+    phases = [_Phase("head", 0, strategy.head_epochs)]
+    if not strategy.fine_tunes:
+        return phases
+    depth = n_blocks if strategy.unfreeze_blocks == ALL_BLOCKS else min(
+        strategy.unfreeze_blocks, n_blocks)
+    if not strategy.gradual or depth <= 1:
+        phases.append(_Phase("finetune", strategy.unfreeze_blocks, strategy.finetune_epochs))
+        return phases
+    stages = min(depth, strategy.finetune_epochs)
+    targets = [max(1, round(depth * (i + 1) / stages)) for i in range(stages)]
+    if strategy.unfreeze_blocks == ALL_BLOCKS:
+        targets[-1] = ALL_BLOCKS
+    base, extra = divmod(strategy.finetune_epochs, stages)
+    for i, blocks in enumerate(targets):
+        phases.append(_Phase(f"finetune{i + 1}", blocks, base + (1 if i < extra else 0)))
+    return phases
+
+
+def _make_optimizer(strategy: Strategy, lr: float):
+    import keras
+
+    if strategy.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9)
+    if strategy.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=strategy.weight_decay)
+    return keras.optimizers.Adam(lr)
+
+
+def _make_loss(strategy: Strategy):
+    import keras
+
+    if strategy.imbalance == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(
+            gamma=2.0, label_smoothing=strategy.label_smoothing, reduction=None)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=strategy.label_smoothing,
+                                                reduction=None)
+
+
+class _Engine:
+    """One trial's mutable state; `run_trial` is its only user."""
+
+    def __init__(self, strategy: Strategy, data: TrialData, reporter: Reporter,
+                 checkpoint_dir: Path | None, metric: str, feature_cache: Any,
+                 nan_at_step: int | None) -> None:
+        import keras
+
+        from tlsearch.model import build_transfer_model
+
+        self.strategy = strategy
+        self.data = data
+        self.reporter = reporter
+        self.checkpoint_dir = checkpoint_dir
+        self.metric = metric
+        self.nan_at_step = nan_at_step
+        self.timings: dict[str, float] = {"decode": 0.0, "prefix": 0.0, "train": 0.0,
+                                          "eval": 0.0}
+        self.cache_counts = {"hits": 0, "misses": 0}
+        self.notes: list[str] = []
+        keras.backend.clear_session()
+        gc.collect()
+        self.tm = build_transfer_model(strategy, len(data.classes))
+        self.cached = self.tm.cacheable
+        if not self.cached and self.tm.prefix is not None:
+            self.notes.append("prefix not cacheable: BatchNorm 'adapt' reaches below the cut; "
+                              "the full network ran every epoch")
+        self.n_classes = len(data.classes)
+        self.y_train = data.labels("train")
+        self.y_val = data.labels("val")
+        # `focal` is the alpha-balanced focal loss (Lin et al.): focusing on hard
+        # examples alone does not fix imbalance, the balanced class weights do.
+        self.class_weights = (_class_weights(self.y_train, self.n_classes)
+                              if strategy.imbalance in ("class_weight", "focal") else None)
+        self.loss_fn = _make_loss(strategy)
+        self.feature_cache = feature_cache
+        self.history: list[dict[str, Any]] = []
+        self.best: tuple[float, int, list[np.ndarray]] | None = None
+        self.plateau_factor = 1.0
+
+    # -- inputs ---------------------------------------------------------------------
+
+    def prepare_inputs(self) -> None:
+        size = self.strategy.image_size
+        t0 = time.perf_counter()
+        self.train_images = self.data.images("train", size)
+        self.val_images = self.data.images("val", size)
+        self.timings["decode"] = time.perf_counter() - t0
+        if not self.cached:
+            return
+        t0 = time.perf_counter()
+        extractor = self.tm.feature_extractor()
+        self.val_features = self._features(extractor, "val", "clean")
+        if self.strategy.augmentation == "none":
+            self.train_views = [self._features(extractor, "train", "clean")]
+        else:
+            self.train_views = [
+                self._features(extractor, "train", f"{self.strategy.augmentation}:{view}")
+                for view in range(AUGMENTED_VIEWS)
+            ]
+        self.timings["prefix"] = time.perf_counter() - t0
+
+    def _features(self, extractor: Any, part: str, view: str) -> np.ndarray:
+        from tlsearch.backbones import weights_identity
+        from tlsearch.features import feature_key
+
+        s = self.strategy
+        paths = self.data.train_paths if part == "train" else self.data.val_paths
+        key = feature_key(
+            backbone=s.backbone, weights=weights_identity(self.tm.spec, s.weights,
+                                                          size=s.image_size, seed=s.seed),
+            size=s.image_size, cut=self.tm.cut, fingerprint=self.data.fingerprint,
+            paths=hashlib.sha256("\n".join(paths).encode()).hexdigest(), view=view,
+        )
+        images = self.train_images if part == "train" else self.val_images
+
+        def compute() -> np.ndarray:
+            return self._run_prefix(extractor, images, view)
+
+        array, hit = self.feature_cache.get_or_compute(
+            key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": self.tm.cut,
+                                "part": part, "view": view})
+        self.cache_counts["hits" if hit else "misses"] += 1
+        return array
+
+    def _run_prefix(self, extractor: Any, images: np.ndarray, view: str) -> np.ndarray:
+        import tensorflow as tf
+
+        from tlsearch.model import augmentation_layers
+
+        augment = []
+        if view != "clean":
+            level, index = view.split(":")
+            # Views depend only on (level, index), so every trial shares them.
+            augment = augmentation_layers(level, seed=1000 + 97 * int(index))
+
+        @tf.function(reduce_retracing=True)
+        def forward(batch):
+            x = batch
+            for layer in augment:
+                x = layer(x, training=True)
+            return extractor(x, training=False)
+
+        out = None
+        for start in range(0, len(images), EVAL_BATCH):
+            batch = np.asarray(images[start:start + EVAL_BATCH], dtype=np.float32)
+            feats = forward(tf.constant(batch)).numpy().astype(np.float16)
+            if out is None:
+                out = np.empty((len(images), *feats.shape[1:]), dtype=np.float16)
+            out[start:start + len(batch)] = feats
+        return out
+
+    # -- training ---------------------------------------------------------------------
+
+    def _train_inputs(self, step: int) -> np.ndarray:
+        if not self.cached:
+            return self.train_images
+        rng = np.random.default_rng([self.strategy.seed, step, 7])
+        return self.train_views[int(rng.integers(len(self.train_views)))]
+
+    def _build_step(self, opt_backbone: Any, opt_head: Any):
+        import tensorflow as tf
+
+        tm = self.tm
+        cached = self.cached
+        loss_fn = self.loss_fn
+        backbone_vars, head_vars = tm.trainable_variables
+
+        @tf.function(reduce_retracing=True)
+        def step(x, y_onehot, sample_weight):
+            with tf.GradientTape() as tape:
+                probs = tm.features_forward(x) if cached else tm.train_forward(x)
+                per_sample = loss_fn(y_onehot, probs)
+                loss = tf.reduce_sum(per_sample * sample_weight) / tf.reduce_sum(sample_weight)
+                reg = tf.add_n(tm.head.losses) if tm.head.losses else 0.0
+                total = loss + reg
+            grads = tape.gradient(total, backbone_vars + head_vars)
+            if backbone_vars:
+                opt_backbone.apply_gradients(zip(grads[:len(backbone_vars)], backbone_vars,
+                                                 strict=True))
+            opt_head.apply_gradients(zip(grads[len(backbone_vars):], head_vars, strict=True))
+            correct = tf.reduce_sum(tf.cast(
+                tf.equal(tf.argmax(probs, 1), tf.argmax(y_onehot, 1)), tf.float32))
+            return loss, correct
+
+        return step, backbone_vars, head_vars
+
+    def predict_val(self) -> np.ndarray:
+        t0 = time.perf_counter()
+        if self.cached:
+            model, inputs = self.tm.features_model(), self.val_features
+        else:
+            model, inputs = self.tm.deployable(), self.val_images
+        probs = []
+        for start in range(0, len(inputs), EVAL_BATCH):
+            batch = np.asarray(inputs[start:start + EVAL_BATCH], dtype=np.float32)
+            probs.append(np.asarray(model(batch, training=False)))
+        self.timings["eval"] += time.perf_counter() - t0
+        return np.concatenate(probs).astype(np.float64)
+
+    def run(self, resume: dict[str, Any] | None) -> TrialResult:
+        import tensorflow as tf
+
+        s = self.strategy
+        phases = _phases(s, len(self.tm.blocks))
+        global_step, start_phase, start_epoch = 0, 0, 0
+        if resume:
+            self.history = list(resume["history"])
+            global_step = resume["global_step"]
+            start_phase, start_epoch = resume["phase_index"], resume["epoch_in_phase"] + 1
+            self.plateau_factor = resume.get("plateau_factor", 1.0)
+            if resume.get("best_step") is not None:
+                self.best = (resume["best_value"], resume["best_step"], resume["best_weights"])
+        resumed_from = global_step
+        y_train_onehot = np.eye(self.n_classes, dtype=np.float32)[self.y_train]
+        for phase_index in range(start_phase, len(phases)):
+            phase = phases[phase_index]
+            first_epoch = start_epoch if phase_index == start_phase else 0
+            if first_epoch >= phase.epochs:
+                continue
+            self.tm.set_unfrozen(phase.blocks)
+            head_lr = s.head_lr
+            backbone_lr = s.backbone_lr
+            opt_b, opt_h = _make_optimizer(s, backbone_lr), _make_optimizer(s, head_lr)
+            step_fn, backbone_vars, head_vars = self._build_step(opt_b, opt_h)
+            if backbone_vars:
+                opt_b.build(backbone_vars)
+            opt_h.build(head_vars)
+            if resume and phase_index == start_phase and first_epoch > 0:
+                self._restore_optimizers(resume, opt_b, opt_h)
+            patience_left = s.early_stopping_patience
+            phase_best = -math.inf
+            for epoch in range(first_epoch, phase.epochs):
+                global_step += 1
+                factor = _lr_factor(s.schedule, epoch, phase.epochs, s.warmup_epochs,
+                                    self.plateau_factor)
+                opt_h.learning_rate = head_lr * factor
+                opt_b.learning_rate = backbone_lr * factor
+                t0 = time.perf_counter()
+                inputs = self._train_inputs(global_step)
+                order = _epoch_order(self.y_train, s, global_step)
+                total_loss, total_correct, seen = 0.0, 0.0, 0
+                for start in range(0, len(order), s.batch_size):
+                    idx = np.sort(order[start:start + s.batch_size])
+                    x = np.asarray(inputs[idx], dtype=np.float32)
+                    y = y_train_onehot[idx]
+                    w = (self.class_weights[self.y_train[idx]] if self.class_weights is not None
+                         else np.ones(len(idx), dtype=np.float32))
+                    loss, correct = step_fn(tf.constant(x), tf.constant(y), tf.constant(w))
+                    total_loss += float(loss) * len(idx)
+                    total_correct += float(correct)
+                    seen += len(idx)
+                train_loss = total_loss / max(seen, 1)
+                if self.nan_at_step is not None and global_step >= self.nan_at_step:
+                    train_loss = float("nan")  # test hook: behave exactly as a diverged run
+                self.timings["train"] += time.perf_counter() - t0
+                if not math.isfinite(train_loss):
+                    raise TrialFailed("nan_loss", f"training loss became {train_loss} at "
+                                                  f"step {global_step} ({phase.name})")
+                probs = self.predict_val()
+                metrics = compute_metrics(self.y_val, probs, self.data.classes)
+                value = metrics[self.metric]
+                self.history.append({
+                    "step": global_step, "phase": phase.name, "phase_index": phase_index,
+                    "epoch": epoch, "unfrozen_blocks": phase.blocks,
+                    "train_loss": train_loss, "train_accuracy": total_correct / max(seen, 1),
+                    "val_loss": metrics["log_loss"], "val_accuracy": metrics["accuracy"],
+                    "val_balanced_accuracy": metrics["balanced_accuracy"],
+                    "val_objective": value, "lr_head": head_lr * factor,
+                    "lr_backbone": backbone_lr * factor if backbone_vars else 0.0,
+                    "seconds": time.perf_counter() - t0,
+                })
+                if self.best is None or value > self.best[0]:
+                    self.best = (value, global_step, self._mutable_values())
+                if value > phase_best:
+                    phase_best, patience_left = value, s.early_stopping_patience
+                else:
+                    patience_left -= 1
+                    if s.schedule == "plateau":
+                        self.plateau_factor *= 0.5
+                self._checkpoint(global_step, phase_index, epoch, opt_b, opt_h)
+                self.reporter.report(value, global_step)
+                if self.reporter.should_stop():
+                    raise TrialPruned(f"pruned at step {global_step}")
+                if s.early_stopping_patience and patience_left <= 0:
+                    self.notes.append(f"early stop in phase {phase.name} at step {global_step}")
+                    break
+        return self._finish(resumed_from)
+
+    def _finish(self, resumed_from: int) -> TrialResult:
+        assert self.best is not None
+        # The trial ends with its best epoch's weights, so the recorded validation
+        # predictions are exactly what an exported model will predict.
+        self._assign_mutable(self.best[2])
+        probs = self.predict_val()
+        metrics = compute_metrics(self.y_val, probs, self.data.classes)
+        metrics["best_step"] = self.best[1]
+        backbone_vars, head_vars = self.tm.trainable_variables
+        deploy = self.tm.deployable()
+        self.deployable = deploy
+        params = {
+            "total": int(deploy.count_params()),
+            "trainable_max": int(sum(int(np.prod(v.shape)) for v in backbone_vars + head_vars)),
+        }
+        return TrialResult(
+            strategy=self.strategy, state="complete", objective=float(metrics[self.metric]),
+            metric_name=self.metric, metrics=metrics, history=tuple(self.history),
+            timings=dict(self.timings), params=params, latency_ms=_latency_ms(deploy,
+                                                                            self.strategy),
+            cached=self.cached, cache=dict(self.cache_counts), val_probabilities=probs,
+            resumed_from_step=resumed_from, notes=tuple(self.notes),
+        )
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def _mutable_variables(self) -> list[Any]:
+        """Variables that can change during this trial (the frozen prefix never does)."""
+        tm = self.tm
+        if tm.prefix is None or tm.strategy.bn_mode == "adapt":
+            variables = list(tm.backbone.variables)
+        elif tm.suffix is None:
+            variables = []
+        else:
+            variables = list(tm.suffix.variables)
+        variables += list(tm.head.variables)
+        for layer in tm.augment:
+            variables += list(layer.variables)  # their seed-generator state
+        return variables
+
+    def _mutable_values(self) -> list[np.ndarray]:
+        return [np.array(v.numpy()) for v in self._mutable_variables()]
+
+    def _assign_mutable(self, values: list[np.ndarray]) -> None:
+        for variable, value in zip(self._mutable_variables(), values, strict=True):
+            variable.assign(value)
+
+    def _checkpoint(self, step: int, phase_index: int, epoch: int, opt_b: Any, opt_h: Any) -> None:
+        if self.checkpoint_dir is None:
+            return
+        arrays = {f"w{i}": v for i, v in enumerate(self._mutable_values())}
+        arrays.update({f"ob{i}": np.array(v.numpy()) for i, v in enumerate(opt_b.variables)})
+        arrays.update({f"oh{i}": np.array(v.numpy()) for i, v in enumerate(opt_h.variables)})
+        if self.best is not None:
+            arrays.update({f"b{i}": v for i, v in enumerate(self.best[2])})
+        state = {
+            "strategy": self.strategy.to_dict(), "global_step": step, "phase_index": phase_index,
+            "epoch_in_phase": epoch, "history": self.history,
+            "plateau_factor": self.plateau_factor,
+            "best_value": None if self.best is None else self.best[0],
+            "best_step": None if self.best is None else self.best[1],
+            "n_weights": len(self._mutable_variables()), "n_opt_b": len(opt_b.variables),
+            "n_opt_h": len(opt_h.variables),
+        }
+        save_checkpoint(self.checkpoint_dir, arrays, state)
+
+    def _restore_optimizers(self, resume: dict[str, Any], opt_b: Any, opt_h: Any) -> None:
+        arrays = resume["arrays"]
+        if len(opt_b.variables) == resume["n_opt_b"]:
+            for i, v in enumerate(opt_b.variables):
+                v.assign(arrays[f"ob{i}"])
+        if len(opt_h.variables) == resume["n_opt_h"]:
+            for i, v in enumerate(opt_h.variables):
+                v.assign(arrays[f"oh{i}"])
+
+
+def save_checkpoint(directory: Path, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+    """Write `ckpt.npz` + `ckpt.json` atomically; the JSON (written last) holds the npz hash."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".ckpt.{uuid.uuid4().hex}.tmp.npz"
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        name = f"ckpt-{state['global_step']:05d}.npz"
+        os.replace(tmp, directory / name)
+        meta = dict(state, arrays=name, sha256=digest)
+        meta_tmp = directory / f".latest.{uuid.uuid4().hex}.tmp.json"
+        meta_tmp.write_text(json.dumps(meta, default=float))
+        with open(meta_tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(meta_tmp, directory / "latest.json")
+    finally:
+        tmp.unlink(missing_ok=True)
+    for old in directory.glob("ckpt-*.npz"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any] | None:
+    """The last intact checkpoint as a dict (arrays under "arrays"), or None."""
+    meta_path = Path(directory) / "latest.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        blob = (Path(directory) / meta["arrays"]).read_bytes()
+    except (OSError, ValueError, KeyError):
+        return None
+    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+        return None
+    import io
+
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta["arrays"] = arrays
+    n_best = sum(1 for k in arrays if k.startswith("b"))
+    meta["best_weights"] = [arrays[f"b{i}"] for i in range(n_best)] if n_best else None
+    return meta
+
+
+def _latency_ms(model: Any, strategy: Strategy, repeats: int = 10) -> float:
+    """Median batch-1 CPU latency of the deployable model, after one warm-up call."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False))
+    x = tf.zeros((1, strategy.image_size, strategy.image_size, 3))
+    fn(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = None, *,
+              resume_from: Path | None = None, checkpoint_dir: Path | None = None,
+              metric: str = "balanced_accuracy", feature_cache: Any = None,
+              nan_at_step: int | None = None) -> TrialResult:
+    """Train one strategy and return its result; never raises for a failed trial.
+
+    Args:
+        reporter: receives the objective after every epoch (one global step across
+            phases) and may stop the trial.
+        resume_from: a checkpoint folder from an interrupted run of the same strategy;
+            training continues at the epoch after the last completed one.
+        checkpoint_dir: where to write a checkpoint after every epoch.
+        feature_cache: a `FeatureCache`; defaults to one under `data.cache_dir`.
+        nan_at_step: test hook that makes the loss non-finite from that step on.
+
+    Raises:
+        TrialPruned: the reporter asked to stop.
+    """
+    from tlsearch.backbones import WeightsError
+    from tlsearch.features import FeatureCache
+
+    reporter = reporter or NullReporter()
+    feature_cache = feature_cache or FeatureCache(data.cache_dir)
+    resume = None
+    if resume_from is not None:
+        resume = load_checkpoint(resume_from)
+        if resume is not None and resume.get("strategy") != strategy.to_dict():
+            resume = None  # a checkpoint of another strategy is never applied
+    started = time.perf_counter()
+    engine = None
+    try:
+        engine = _Engine(strategy, data, reporter, checkpoint_dir, metric, feature_cache,
+                         nan_at_step)
+        engine.prepare_inputs()
+        if resume is not None:
+            if len(engine._mutable_variables()) != resume.get("n_weights"):
+                resume = None
+            else:
+                arrays = resume["arrays"]
+                engine._assign_mutable([arrays[f"w{i}"] for i in range(resume["n_weights"])])
+        result = engine.run(resume)
+    except TrialFailed as exc:
+        result = _failed(strategy, metric, exc.reason, exc.detail, engine)
+    except WeightsError:
+        raise
+    result.timings["total"] = time.perf_counter() - started
+    return result
+
+
+def _failed(strategy: Strategy, metric: str, reason: str, detail: str,
+            engine: _Engine | None) -> TrialResult:
+    return TrialResult(
+        strategy=strategy, state="failed", objective=None, metric_name=metric, metrics={},
+        history=tuple(engine.history) if engine else (), timings=dict(engine.timings) if engine
+        else {}, params={}, latency_ms=None, cached=bool(engine and engine.cached),
+        cache=dict(engine.cache_counts) if engine else {}, failure_reason=reason,
+        failure_detail=detail, notes=tuple(engine.notes) if engine else (),
+    )
