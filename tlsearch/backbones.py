@@ -405,3 +405,23 @@ for _spec in _SPECS:
 
 def iter_names(*, include_test: bool = False) -> Iterator[str]:
     return (s.name for s in list_specs(include_test=include_test))
+
+
+def resolve_auto_weights(spec: BackboneSpec, size: int) -> str | None:
+    """`--weights auto`: ImageNet if cached or downloadable, else bundled weights, else None.
+
+    Set `TLSEARCH_OFFLINE=1` to skip the download attempt.
+    """
+    from tlsearch.bundled import bundled_weights_path
+
+    if spec.imagenet_file is not None:
+        if weights_cached(spec, size):
+            return "imagenet"
+        if os.environ.get("TLSEARCH_OFFLINE") != "1":
+            try:
+                build_backbone(spec, size, "imagenet")
+                return "imagenet"
+            except WeightsUnavailableError:
+                pass
+    bundled = bundled_weights_path(spec.name)
+    return str(bundled) if bundled is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -97,7 +98,8 @@ def backbones(
     table = Table(title="Backbones", header_style="bold")
     for column in ("name", "default size", "min size", "preprocessing", "blocks", "params",
                    "GFLOPs", "ImageNet weights"):
-        table.add_column(column, justify="right" if column in ("params", "GFLOPs") else "left")
+        table.add_column(column, justify="right" if column in ("params", "GFLOPs") else "left",
+                         no_wrap=column == "name")
     for spec in list_specs(include_test=include_test):
         family = "built in" if spec.family == "none" else spec.family
         cached = "n/a" if spec.imagenet_file is None else (
@@ -106,6 +108,147 @@ def backbones(
                       str(spec.n_blocks), f"{spec.params / 1e6:.1f}M", f"{spec.gflops:g}", cached)
     console.print(table)
     console.print(f"Keras weights cache: {escape(str(keras_models_dir()))}")
+
+
+class Pruner(str, Enum):
+    hyperband = "hyperband"
+    median = "median"
+    sha = "sha"
+    none = "none"
+
+
+class Metric(str, Enum):
+    balanced_accuracy = "balanced_accuracy"
+    accuracy = "accuracy"
+    macro_f1 = "macro_f1"
+
+
+def _positive_timeout(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter("must be > 0 seconds")
+    return value
+
+
+@app.command()
+def search(
+    data_dir: DataDir,
+    space: Annotated[str, typer.Option(help="Bundled space name (quick, default, thorough) "
+                                       "or a path to a YAML file.")] = "quick",
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override one space value, e.g. --set head_epochs=5 (repeatable).")] = None,
+    study: Annotated[str, typer.Option(help="Study name; re-running with the same name "
+                                       "continues it.")] = "tlsearch",
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL (postgresql://..., mysql://..., sqlite:///FILE) or a journal "
+             "file path; default: the embedded journal in the study folder.")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Finished trials to reach (in total).")] = 20,
+    timeout: Annotated[float | None, typer.Option(
+        callback=_positive_timeout, help="Stop starting new trials after this many seconds.")] = None,
+    metric: Annotated[Metric | None, typer.Option(
+        help="Objective metric (default: the space's, usually balanced_accuracy).")] = None,
+    weights: Annotated[str, typer.Option(
+        help="imagenet (Keras download/cache), none (random init), auto (ImageNet when "
+             "available, else the bundled weights) or a path to a weights file.")] = "imagenet",
+    seed: Annotated[int, typer.Option(help="Seed for the split, the sampler and training.")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(
+        file_okay=False, help="Decode and frozen-prefix cache (default ~/.cache/tlsearch).")] = None,
+    out: Annotated[Path, typer.Option(file_okay=False,
+                                      help="Folder that holds study folders.")] = Path("studies"),
+    pruner: Annotated[Pruner, typer.Option(help="Multi-fidelity pruner.")] = Pruner.hyperband,
+    val_fraction: Annotated[float, typer.Option(min=0.05, max=0.9,
+                                                help="Validation share (flat layout).")] = 0.2,
+    force: Annotated[bool, typer.Option(help="Continue even if the dataset or space "
+                                        "changed since the study started.")] = False,
+) -> None:
+    """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
+    from tlsearch.study import SearchConfig
+
+    if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
+        raise fail(f"--weights {weights!r}: not imagenet, none, auto or an existing file")
+    config = SearchConfig(
+        data_dir=str(data_dir), space=space, overrides=tuple(set_ or ()), study=study,
+        out=str(out), storage=storage, trials=trials, timeout=timeout,
+        metric=metric.value if metric else None, weights=weights, seed=seed,
+        cache_dir=str(cache_dir) if cache_dir else None, pruner=pruner.value,
+        val_fraction=val_fraction, force=force)
+    _run(config)
+
+
+@app.command()
+def resume(
+    study: Annotated[str, typer.Argument(help="Name of the study to continue.")],
+    out: Annotated[Path, typer.Option(help="Folder that holds study folders.")] = Path("studies"),
+    trials: Annotated[int | None, typer.Option(min=1, help="New total of finished trials.")] = None,
+) -> None:
+    """Continue a study with the settings it was started with."""
+    import dataclasses
+
+    from tlsearch.study import SearchError, load_config
+
+    try:
+        config = load_config(out / study)
+    except SearchError as exc:
+        raise fail(str(exc)) from None
+    config = dataclasses.replace(config, out=str(out), **({"trials": trials} if trials else {}))
+    _run(config)
+
+
+def _quiet_libraries() -> None:
+    """Keep TensorFlow/Optuna chatter out of the progress display."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", message=r".*experimental feature.*")
+    warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't match")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _run(config) -> None:
+    from tlsearch.progress import SearchProgress
+    from tlsearch.space import SpaceError
+    from tlsearch.study import SearchError, run_search
+
+    _quiet_libraries()
+    progress = SearchProgress(console, total=config.trials)
+    try:
+        with progress:
+            outcome = run_search(config, on_event=progress.event)
+    except (SearchError, SpaceError) as exc:
+        raise fail(str(exc)) from None
+    progress.summary(outcome, config)
+    if outcome.stopped == "interrupted":
+        raise typer.Exit(130)
+    if outcome.stopped == "all_failed":
+        raise fail(f"{outcome.counts.get('fail', 0)} trials failed in a row; see "
+                   f"`tlsearch status {config.study}` for the reasons", code=1)
+
+
+@app.command()
+def status(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    out: Annotated[Path, typer.Option(help="Folder that holds study folders.")] = Path("studies"),
+    top: Annotated[int, typer.Option(min=1, help="Leaderboard length.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Leaderboard, trial counts by state and failures with reasons."""
+    import dataclasses
+
+    from tlsearch.progress import render_status
+    from tlsearch.space import SpaceError
+    from tlsearch.study import SearchError, load_config, open_study, study_summary
+
+    try:
+        config = dataclasses.replace(load_config(out / study), out=str(out))
+        summary = study_summary(open_study(config, create=False), top=top)
+    except (SearchError, SpaceError) as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+    else:
+        render_status(console, summary, config)
 
 
 def main() -> None:  # pragma: no cover - the console script calls `app`

@@ -1,0 +1,138 @@
+"""Terminal output for searches: live progress, the final summary and `status` tables."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+__all__ = ["SearchProgress", "render_status"]
+
+
+class SearchProgress:
+    """Rich progress for `run_search` events: trial n of N, phase/epoch, best so far."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console = console
+        self.total = total
+        self.best: tuple[float, int, str] | None = None
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0}
+        self.current = ""
+        self.started = time.monotonic()
+        self.progress = Progress(
+            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False, disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task("", total=total)
+
+    def __enter__(self) -> SearchProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def _describe(self) -> str:
+        best = f"best {self.best[0]:.3f} (#{self.best[1]})" if self.best else "best -"
+        return (f"{self.current} | {best} | pruned {self.counts['pruned']} "
+                f"failed {self.counts['failed']}")
+
+    def event(self, kind: str, info: dict[str, Any]) -> None:
+        print_ = self.progress.console.print
+        if kind == "notice":
+            print_(f"[yellow]note:[/] {escape(info['message'])}")
+        elif kind == "data":
+            skipped = ", ".join(f"{n} {r}" for r, n in sorted(info["skipped_reasons"].items()))
+            print_(f"Data: {info['images']} images in {info['classes']} classes "
+                   f"(train {info['train']}, val {info['val']}"
+                   + (f", test {info['test']}" if info["test"] else "") + ")"
+                   + (f"; skipped {info['skipped']}: {skipped}" if info["skipped"] else ""))
+        elif kind == "trial_start":
+            s = info["strategy"]
+            self.current = f"#{info['number']} {s.backbone}@{s.image_size}"
+            self.progress.update(self.task, completed=info["finished"], description=self._describe())
+            retry = f" (retry of #{info['retry_of']})" if info.get("retry_of") is not None else ""
+            print_(f"[dim]trial #{info['number']}{retry}: {escape(s.describe())}[/]")
+        elif kind == "epoch":
+            self.current = f"#{info['trial']} step {info['step']} = {info['value']:.3f}"
+            self.progress.update(self.task, description=self._describe())
+        elif kind == "trial_end":
+            state = info["state"]
+            self.counts[state] += 1
+            if state == "complete":
+                value = info["value"]
+                if self.best is None or value > self.best[0]:
+                    self.best = (value, info["number"], "")
+                print_(f"trial #{info['number']}: {value:.4f} in {info.get('seconds') or 0:.0f}s")
+            elif state == "failed":
+                print_(f"[red]trial #{info['number']} failed: {escape(str(info['reason']))}[/]")
+            else:
+                print_(f"trial #{info['number']}: pruned")
+            self.progress.advance(self.task)
+            self.progress.update(self.task, description=self._describe())
+
+    def summary(self, outcome: Any, config: Any) -> None:
+        c = self.console
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items()))
+        c.print(f"\nStudy [bold]{escape(config.study)}[/] in {escape(str(outcome.study_dir))}: "
+                f"{counts}.")
+        if outcome.stopped == "interrupted":
+            c.print("[yellow]Interrupted.[/] The running trial was checkpointed; resume with "
+                    f"[bold]tlsearch resume {escape(config.study)} --out {escape(config.out)}[/] "
+                    "or by re-running the same command.")
+        elif outcome.stopped == "timeout":
+            c.print("Stopped at the time limit; re-run the same command to continue.")
+        best = outcome.best
+        if best is None:
+            c.print("[red]No trial completed yet.[/]")
+            return
+        from tlsearch.strategy import Strategy
+
+        strategy = Strategy.from_dict(best["strategy"])
+        metrics = best.get("metrics", {})
+        c.print(f"\n[bold green]Recommendation[/] (trial #{best['number']}, "
+                f"validation balanced accuracy {metrics.get('balanced_accuracy', best['value']):.3f}"
+                f", accuracy {metrics.get('accuracy', 0):.3f}):")
+        c.print(f"  {escape(strategy.describe())}")
+        c.print(f"  weights used: {escape(strategy.weights)}")
+
+
+def render_status(console: Console, summary: dict[str, Any], config: Any) -> None:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "no trials"
+    console.print(f"Study [bold]{escape(summary['study'])}[/] ({escape(config.data_dir)}, "
+                  f"space {escape(config.space)}, metric {summary['metric']}): {counts}")
+    table = Table(title="Leaderboard", header_style="bold")
+    for col in ("#", "objective", "backbone", "size", "unfreeze", "BN", "aug", "imbalance",
+                "head LR", "weights", "time s", "latency ms"):
+        table.add_column(col)
+    for row in summary["leaderboard"]:
+        s = row["strategy"] or {}
+        unfreeze = s.get("unfreeze_blocks")
+        table.add_row(str(row["number"]), f"{row['value']:.4f}", s.get("backbone", "?"),
+                      str(s.get("image_size")), "all" if unfreeze == -1 else str(unfreeze),
+                      s.get("bn_mode", ""), s.get("augmentation", ""), s.get("imbalance", ""),
+                      f"{s.get('head_lr', 0):.2g}", escape(str(s.get("weights", ""))[-40:]),
+                      f"{row['seconds'] or 0:.0f}", f"{row['latency_ms'] or 0:.1f}")
+    console.print(table)
+    if summary["failures"]:
+        failures = Table(title="Failures", header_style="bold")
+        failures.add_column("#")
+        failures.add_column("reason")
+        failures.add_column("detail")
+        for f in summary["failures"]:
+            failures.add_row(str(f["number"]), escape(f["reason"]), escape(f["detail"][:100]))
+        console.print(failures)
+    console.print(f"The storage opens in optuna-dashboard too: optuna-dashboard "
+                  f"{escape(str(config.storage or (config.study_dir / 'journal.log')))}")

@@ -1,0 +1,518 @@
+"""The search: an Optuna study over transfer strategies, resumable by re-running.
+
+A study lives in a folder (`studies/<name>/`) that holds the embedded storage (an
+Optuna journal file, safe for several local processes), the saved split, the space
+used, the run configuration and one folder per trial (checkpoint, result).
+Re-running the same command continues the study: completed trials are kept, a trial
+left RUNNING by a killed process is marked failed and retried from its last epoch
+checkpoint, and a changed dataset or space is refused unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PRUNERS",
+    "SearchConfig",
+    "SearchError",
+    "SearchOutcome",
+    "StudyHandle",
+    "default_cache_dir",
+    "load_config",
+    "open_study",
+    "run_search",
+    "study_summary",
+]
+
+PRUNERS = ("hyperband", "median", "sha", "none")
+CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.json"
+SPACE_FILE = "space.json"
+JOURNAL_FILE = "journal.log"
+#: Consecutive failed trials after which a search stops instead of looping.
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+class SearchError(RuntimeError):
+    """A search cannot start or continue; the message is one line saying why."""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("TLSEARCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tlsearch")
+    return Path(base)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything `tlsearch search` was asked to do; saved with the study."""
+
+    data_dir: str
+    space: str = "quick"
+    overrides: tuple[str, ...] = ()
+    study: str = "tlsearch"
+    out: str = "studies"
+    storage: str | None = None
+    trials: int = 20
+    timeout: float | None = None
+    metric: str | None = None
+    weights: str = "imagenet"
+    seed: int = 0
+    cache_dir: str | None = None
+    pruner: str = "hyperband"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    force: bool = False
+    stale_after: float = 600.0
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.out) / self.study
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["overrides"] = list(self.overrides)
+        return data
+
+
+def load_config(study_dir: Path) -> SearchConfig:
+    path = Path(study_dir) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SearchError(f"no study at {study_dir} ({CONFIG_FILE} unreadable: {exc})") from None
+    data["overrides"] = tuple(data.get("overrides", ()))
+    return SearchConfig(**data)
+
+
+# -- storage ---------------------------------------------------------------------------
+
+
+def make_storage(url: str | None, study_dir: Path):
+    """Optuna storage for a URL, or the embedded journal file in the study folder."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if url is None or url.endswith((".log", ".journal")) and "://" not in url:
+        path = study_dir / JOURNAL_FILE if url is None else Path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if scheme not in ("sqlite", "postgresql", "mysql"):
+        raise SearchError(f"unknown storage {url!r}: use a path ending in .log, sqlite:///FILE, "
+                          "postgresql://... or mysql://...")
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SearchError(f"cannot open storage {url}: {first}") from None
+
+
+def _make_pruner(name: str, max_resource: int):
+    import optuna
+
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_resource, 1),
+                                              reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise SearchError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+
+
+def _make_sampler(seed: int):
+    import optuna
+
+    # constant_liar keeps parallel workers from sampling the same point; group handles
+    # the conditional space (no backbone LR when nothing is unfrozen).
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                      constant_liar=True, n_startup_trials=5)
+
+
+# -- study handle ------------------------------------------------------------------------
+
+
+@dataclass
+class StudyHandle:
+    config: SearchConfig
+    study: Any
+    space: Any
+
+    @property
+    def dir(self) -> Path:
+        return self.config.study_dir
+
+    def trial_dir(self, number: int) -> Path:
+        return self.dir / "trials" / f"{number:04d}"
+
+
+def open_study(config: SearchConfig, *, create: bool = True) -> StudyHandle:
+    """Create or load the study; refuses a changed space unless `config.force`."""
+    import optuna
+
+    from tlsearch.backbones import iter_names
+    from tlsearch.space import load_space
+
+    space = load_space(config.space, overrides=config.overrides,
+                       known_backbones=set(iter_names(include_test=True)))
+    study_dir = config.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    storage = make_storage(config.storage, study_dir)
+    metric = config.metric or space.objective
+    try:
+        study = optuna.load_study(study_name=config.study, storage=storage,
+                                  sampler=_make_sampler(config.seed),
+                                  pruner=_make_pruner(config.pruner, _max_steps(space)))
+        saved = study.user_attrs.get("space_fingerprint")
+        if saved and saved != space.fingerprint() and not config.force:
+            raise SearchError(
+                f"study {config.study!r} was created with a different search space; "
+                "re-run with the same --space/--set, use a new --study, or pass --force")
+    except KeyError:
+        if not create:
+            raise SearchError(f"no study named {config.study!r} in {study_dir}") from None
+        study = optuna.create_study(study_name=config.study, storage=storage,
+                                    direction="maximize", sampler=_make_sampler(config.seed),
+                                    pruner=_make_pruner(config.pruner, _max_steps(space)))
+        study.set_user_attr("space_fingerprint", space.fingerprint())
+        study.set_user_attr("metric", metric)
+        study.set_user_attr("tlsearch_version", __import__("tlsearch").__version__)
+    config_path = study_dir / CONFIG_FILE
+    _write_json(config_path, dict(config.to_dict(), metric=metric))
+    _write_json(study_dir / SPACE_FILE, space.to_dict())
+    return StudyHandle(config=config, study=study, space=space)
+
+
+def _max_steps(space: Any) -> int:
+    from tlsearch.space import Range
+
+    def high(name: str, default: int) -> int:
+        param = space.params.get(name)
+        if param is None:
+            return default
+        if isinstance(param, Range):
+            return int(param.high)
+        values = getattr(param, "choices", None) or (param.value,)
+        return int(max(values))
+
+    return high("head_epochs", 3) + high("finetune_epochs", 3)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+# -- recovery ------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_stale_trials(handle: StudyHandle, *, stale_after: float) -> list[int]:
+    """Fail RUNNING trials whose worker is gone and enqueue a retry from their checkpoint.
+
+    A worker is gone when it ran on this host and its process no longer exists, or
+    when its heartbeat file (touched every epoch) is older than `stale_after` seconds.
+    Returns the numbers of the recovered trials.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    study = handle.study
+    host = socket.gethostname()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        beat = handle.trial_dir(trial.number) / "heartbeat"
+        try:
+            age = time.time() - beat.stat().st_mtime
+        except OSError:
+            age = time.time() - (trial.datetime_start.timestamp() if trial.datetime_start
+                                 else time.time())
+        same_host_dead = worker.get("host") == host and not _pid_alive(int(worker.get("pid", 0)))
+        if not (same_host_dead or age > stale_after):
+            continue
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", "worker_died")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker recovered it first
+        _enqueue_retry(handle, trial)
+        recovered.append(trial.number)
+    return recovered
+
+
+def _enqueue_retry(handle: StudyHandle, trial: Any) -> None:
+    ckpt = handle.trial_dir(trial.number) / "checkpoint"
+    attrs = {
+        "retry_of": trial.number,
+        "strategy": trial.user_attrs.get("strategy"),
+        "resume_from": str(ckpt) if (ckpt / "latest.json").exists() else None,
+        "baseline": trial.user_attrs.get("baseline"),
+    }
+    handle.study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+
+
+# -- the search loop ---------------------------------------------------------------------
+
+
+@dataclass
+class SearchOutcome:
+    best: dict[str, Any] | None
+    counts: dict[str, int]
+    stopped: str  # "done" | "timeout" | "interrupted" | "all_failed"
+    recovered: list[int] = field(default_factory=list)
+    study_dir: Path | None = None
+
+
+class _OptunaReporter:
+    def __init__(self, trial: Any, heartbeat: Path, on_epoch: Callable[[dict], None] | None):
+        self.trial, self.heartbeat, self.on_epoch = trial, heartbeat, on_epoch
+
+    def report(self, value: float, step: int) -> None:
+        self.trial.report(value, step)
+        self.heartbeat.touch()
+        if self.on_epoch:
+            self.on_epoch({"trial": self.trial.number, "step": step, "value": value})
+
+    def should_stop(self) -> bool:
+        return self.trial.should_prune()
+
+
+def _finished_count(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    return sum(
+        1 for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and t.number not in retried
+            and t.user_attrs.get("failure_reason") not in ("worker_died", "interrupted"))
+    )
+
+
+def _resolve_weights(handle: StudyHandle, weights: str,
+                     notify: Callable[[str], None]) -> dict[str, str]:
+    """Weights per backbone in the space; `auto` may drop backbones (with a notice)."""
+    from tlsearch.backbones import get_spec, resolve_auto_weights
+
+    chosen: dict[str, str] = {}
+    for name, sizes in handle.space.backbones:
+        if weights != "auto":
+            chosen[name] = weights
+            continue
+        resolved = resolve_auto_weights(get_spec(name), sizes[0])
+        if resolved is None:
+            notify(f"{name}: no ImageNet weights offline and no bundled weights; left out")
+        else:
+            chosen[name] = resolved
+            notify(f"{name}: using {'ImageNet' if resolved == 'imagenet' else 'bundled'} "
+                   f"weights ({resolved})")
+    return chosen
+
+
+def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | None = None,
+               nan_at_step: int | None = None) -> SearchOutcome:
+    """Run (or continue) a search until `config.trials` trials are finished.
+
+    Args:
+        on_event: progress callback, called as `on_event(kind, info)` with kind one of
+            "notice", "data", "trial_start", "epoch", "trial_end".
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from tlsearch.backbones import WeightsUnavailableError
+    from tlsearch.data import DatasetError, Split, make_split, scan
+    from tlsearch.features import FeatureCache
+    from tlsearch.strategy import Strategy
+    from tlsearch.train import TrialData, TrialPruned, run_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    emit = on_event or (lambda kind, info: None)
+    handle = open_study(config)
+    study = handle.study
+    metric = study.user_attrs.get("metric") or handle.space.objective
+
+    # Data: scan, then reuse the study's split (the same split on every resume).
+    index = scan(Path(config.data_dir), progress=False)
+    split_path = handle.dir / SPLIT_FILE
+    if split_path.exists():
+        split = Split.load(split_path)
+        if split.fingerprint != index.fingerprint and not config.force:
+            raise SearchError(
+                f"the dataset in {config.data_dir} changed since study {config.study!r} "
+                "started (fingerprint differs); use a new --study or pass --force")
+        if config.force and split.fingerprint != index.fingerprint:
+            split = make_split(index, val_fraction=config.val_fraction,
+                               test_fraction=config.test_fraction, seed=config.seed)
+            split.save(split_path)
+    else:
+        try:
+            split = make_split(index, val_fraction=config.val_fraction,
+                               test_fraction=config.test_fraction, seed=config.seed)
+        except DatasetError as exc:
+            raise SearchError(str(exc)) from None
+        split.save(split_path)
+    emit("data", {"images": len(index.records), "skipped": len(index.skipped),
+                  "classes": len(split.classes), "train": len(split.train),
+                  "val": len(split.val), "test": len(split.test),
+                  "skipped_reasons": _reason_counts(index.skipped)})
+    data = TrialData.from_split(Path(config.data_dir), split, config.cache_path)
+    cache = FeatureCache(config.cache_path)
+
+    weights = _resolve_weights(handle, config.weights, lambda m: emit("notice", {"message": m}))
+    if not weights:
+        raise SearchError("no backbone in the space has usable weights (see the notices above)")
+    space = handle.space.restrict_backbones(list(weights)) if len(weights) < len(
+        handle.space.backbones) else handle.space
+
+    recovered = recover_stale_trials(handle, stale_after=config.stale_after)
+    if recovered:
+        emit("notice", {"message": f"recovered trial(s) {recovered} left running by a dead "
+                                   "worker; retrying from their checkpoints"})
+
+    started = time.monotonic()
+    consecutive_failures = 0
+    stopped = "done"
+    while _finished_count(study) < config.trials:
+        if config.timeout is not None and time.monotonic() - started > config.timeout:
+            stopped = "timeout"
+            break
+        trial = study.ask()
+        attrs = trial.user_attrs  # enqueued retries carry their strategy and checkpoint
+        if attrs.get("strategy"):
+            space.sample(trial, weights="none", seed=config.seed)  # registers the params
+            strategy = Strategy.from_dict(attrs["strategy"])
+        else:
+            strategy = space.sample(trial, weights="none", seed=config.seed)
+            strategy = strategy.replace(weights=weights[strategy.backbone])
+        tdir = handle.trial_dir(trial.number)
+        tdir.mkdir(parents=True, exist_ok=True)
+        (tdir / "heartbeat").touch()
+        trial.set_user_attr("strategy", strategy.to_dict())
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        resume_from = attrs.get("resume_from")
+        if resume_from and Path(resume_from).exists() and Path(resume_from) != tdir / "checkpoint":
+            shutil.copytree(resume_from, tdir / "checkpoint", dirs_exist_ok=True)
+            trial.set_user_attr("resumed_from_checkpoint", True)
+        emit("trial_start", {"number": trial.number, "strategy": strategy,
+                             "finished": _finished_count(study), "total": config.trials,
+                             "retry_of": attrs.get("retry_of")})
+        reporter = _OptunaReporter(trial, tdir / "heartbeat",
+                                   lambda info: emit("epoch", info))
+        try:
+            result = run_trial(strategy, data, reporter, checkpoint_dir=tdir / "checkpoint",
+                               resume_from=tdir / "checkpoint", metric=metric,
+                               feature_cache=cache, nan_at_step=nan_at_step)
+        except TrialPruned:
+            _write_json(tdir / "result.json", {"state": "pruned", "strategy": strategy.to_dict()})
+            study.tell(trial, state=TrialState.PRUNED)
+            consecutive_failures = 0
+            emit("trial_end", {"number": trial.number, "state": "pruned", "value": None})
+            continue
+        except KeyboardInterrupt:
+            study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+            _enqueue_retry(handle, study.get_trials(deepcopy=False)[trial.number])
+            stopped = "interrupted"
+            break
+        except WeightsUnavailableError as exc:
+            study._storage.set_trial_user_attr(trial._trial_id, "failure_reason",
+                                               "weights_unavailable")
+            study.tell(trial, state=TrialState.FAIL)
+            raise SearchError(str(exc)) from None
+        _save_result(tdir, result)
+        if result.state == "failed":
+            trial.set_user_attr("failure_reason", result.failure_reason)
+            trial.set_user_attr("failure_detail", result.failure_detail[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            consecutive_failures += 1
+            emit("trial_end", {"number": trial.number, "state": "failed",
+                               "reason": result.failure_reason})
+            if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                stopped = "all_failed"
+                break
+            continue
+        consecutive_failures = 0
+        _record_attrs(trial, result)
+        study.tell(trial, result.objective)
+        emit("trial_end", {"number": trial.number, "state": "complete",
+                           "value": result.objective, "seconds": result.timings.get("total")})
+    summary = study_summary(handle)
+    return SearchOutcome(best=summary["best"], counts=summary["counts"], stopped=stopped,
+                         recovered=recovered, study_dir=handle.dir)
+
+
+def _reason_counts(skipped: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in skipped:
+        counts[item.reason] = counts.get(item.reason, 0) + 1
+    return counts
+
+
+def _record_attrs(trial: Any, result: Any) -> None:
+    trial.set_user_attr("metrics", {k: result.metrics[k] for k in (
+        "balanced_accuracy", "accuracy", "macro_f1") if k in result.metrics})
+    trial.set_user_attr("latency_ms", result.latency_ms)
+    trial.set_user_attr("params_total", result.params.get("total"))
+    trial.set_user_attr("seconds", result.timings.get("total"))
+    trial.set_user_attr("cached", result.cached)
+    trial.set_user_attr("cache", result.cache)
+    trial.set_user_attr("resumed_from_step", result.resumed_from_step)
+
+
+def _save_result(tdir: Path, result: Any) -> None:
+    data = result.to_dict()
+    if result.val_probabilities is not None:
+        data["val_probabilities"] = result.val_probabilities.tolist()
+    _write_json(tdir / "result.json", data)
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def study_summary(handle: StudyHandle, *, top: int = 10) -> dict[str, Any]:
+    """Leaderboard, counts by state and failures, from the storage alone."""
+    from optuna.trial import TrialState
+
+    trials = handle.study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete.sort(key=lambda t: t.value, reverse=True)
+    board = [{"number": t.number, "value": t.value, "strategy": t.user_attrs.get("strategy"),
+              "seconds": t.user_attrs.get("seconds"), "latency_ms": t.user_attrs.get("latency_ms"),
+              "metrics": t.user_attrs.get("metrics", {})} for t in complete[:top]]
+    failures = [{"number": t.number, "reason": t.user_attrs.get("failure_reason", "unknown"),
+                 "detail": t.user_attrs.get("failure_detail", "")}
+                for t in trials if t.state == TrialState.FAIL]
+    return {"study": handle.config.study, "metric": handle.study.user_attrs.get("metric"),
+            "counts": counts, "leaderboard": board, "failures": failures,
+            "best": board[0] if board else None}
