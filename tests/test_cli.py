@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from tlsearch.cli import app
 
-COMMANDS = ["demo-data", "doctor", "backbones", "search", "resume", "status"]
+COMMANDS = ["demo-data", "doctor", "backbones", "search", "resume", "status", "export",
+            "predict"]
 
 
 def test_help_never_imports_tensorflow():

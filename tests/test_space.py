@@ -105,7 +105,7 @@ def test_quick_space_matches_the_demo_brief():
     space = load_space("quick")
     assert space.backbones == (("mobilenet_v3_small", (64, 96)), ("mobilenet_v2", (96,)))
     assert space.params["unfreeze_blocks"] == Choice((0, 1, 2))
-    assert space.params["head_epochs"] == Fixed(4)
+    assert space.params["head_epochs"] == Fixed(5)
     assert space.params["finetune_epochs"] == Fixed(3)
     assert space.params["batch_size"] == Fixed(32)
     assert space.params["imbalance"] == Choice(("none", "class_weight", "oversample", "focal"))

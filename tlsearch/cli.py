@@ -251,6 +251,92 @@ def status(
         render_status(console, summary, config)
 
 
+class Retrain(str, Enum):
+    none = "none"
+    train_val = "train+val"
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    out: Annotated[Path, typer.Option("--out", file_okay=False,
+                                      help="Folder to write the exported model into.")],
+    trial: Annotated[int | None, typer.Option(min=0, help="Trial number (default: the "
+                                              "recommended one).")] = None,
+    retrain: Annotated[Retrain, typer.Option(help="none: the trial's own final weights; "
+                                             "train+val: retrain on both splits.")] = Retrain.none,
+    tflite: Annotated[bool, typer.Option(help="Also write TFLite models (float32 and "
+                                         "dynamic-range quantized) and check agreement.")] = False,
+    studies: Annotated[Path, typer.Option(help="Folder that holds study folders.")] = Path("studies"),
+) -> None:
+    """Export a trial as model.keras + labels.json + strategy.json + a model card."""
+    from tlsearch.export import ExportError, export_trial
+    from tlsearch.study import SearchError
+
+    _quiet_libraries()
+    try:
+        summary = export_trial(studies / study, out, trial=trial, retrain=retrain.value,
+                               tflite=tflite)
+    except (ExportError, SearchError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"Exported trial #{summary['trial']} to [bold]{escape(str(out))}[/] "
+                  f"(model.keras, labels.json, strategy.json, MODEL_CARD.md).")
+    for name, check in summary.get("tflite", {}).items():
+        console.print(f"  {name}: {escape(json.dumps(check))}")
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                              help="A folder written by `tlsearch export`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    top_k: Annotated[int, typer.Option(min=1, help="Classes to show per image.")] = 3,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
+) -> None:
+    """Predict images with an exported model, decoding them exactly as training did."""
+    from rich.progress import Progress
+
+    from tlsearch.export import ExportError, format_predictions, iter_image_paths, load_exported
+    from tlsearch.export import predict_paths
+
+    _quiet_libraries()
+    missing = [str(p) for p in inputs if not p.exists() and not p.is_symlink()]
+    if missing:
+        raise fail(f"no such file or folder: {missing[0]}")
+    try:
+        exported = load_exported(model_dir)
+    except ExportError as exc:
+        raise fail(str(exc)) from None
+    paths = list(iter_image_paths(inputs))
+    with Progress(console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("predicting", total=len(paths))
+        predictions = list(predict_paths(exported, paths, top_k=top_k, batch_size=batch_size,
+                                         progress=lambda: bar.advance(task)))
+    if fmt is OutputFormat.table:
+        table = Table(header_style="bold")
+        table.add_column("image", overflow="fold")
+        table.add_column("prediction")
+        for p in predictions:
+            what = (f"[red]skipped: {escape(p.error)}[/]" if p.error else
+                    ", ".join(f"{escape(lab)} {prob:.3f}" for lab, prob in p.top))
+            table.add_row(escape(p.path), what)
+        console.print(table)
+    else:
+        text = format_predictions(predictions, fmt.value)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    bad = sum(1 for p in predictions if p.error)
+    if bad:
+        err_console.print(f"{bad} file(s) could not be read (reasons above).")
+
+
 def main() -> None:  # pragma: no cover - the console script calls `app`
     app()
 

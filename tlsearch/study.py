@@ -461,12 +461,36 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             continue
         consecutive_failures = 0
         _record_attrs(trial, result)
+        _keep_model_if_top(handle, trial.number, result)
         study.tell(trial, result.objective)
         emit("trial_end", {"number": trial.number, "state": "complete",
                            "value": result.objective, "seconds": result.timings.get("total")})
     summary = study_summary(handle)
     return SearchOutcome(best=summary["best"], counts=summary["counts"], stopped=stopped,
                          recovered=recovered, study_dir=handle.dir)
+
+
+#: Complete trials whose final model is kept on disk for `tlsearch export`.
+KEEP_TOP_MODELS = 3
+MODEL_FILE = "model.keras"
+
+
+def _keep_model_if_top(handle: StudyHandle, number: int, result: Any) -> None:
+    """Save the trial's model if it is among the best few; drop models that fell out."""
+    from optuna.trial import TrialState
+
+    others = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.value is not None]
+    ranked = sorted([(t.value, -t.number, t.number) for t in others]
+                    + [(result.objective, -number, number)], reverse=True)
+    keep = {n for _, _, n in ranked[:KEEP_TOP_MODELS]}
+    if number in keep and result.model is not None:
+        path = handle.trial_dir(number) / MODEL_FILE
+        tmp = path.with_name(f".{os.getpid()}.tmp.keras")
+        result.model.save(tmp)
+        os.replace(tmp, path)
+    for _, _, n in ranked[KEEP_TOP_MODELS:]:
+        (handle.trial_dir(n) / MODEL_FILE).unlink(missing_ok=True)
 
 
 def _reason_counts(skipped: Any) -> dict[str, int]:

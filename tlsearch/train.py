@@ -131,6 +131,8 @@ class TrialResult:
     resumed_from_step: int = 0
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The deployable Keras model with the trial's final weights (complete trials only).
+    model: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -517,12 +519,13 @@ class _Engine:
         # The trial ends with its best epoch's weights, so the recorded validation
         # predictions are exactly what an exported model will predict.
         self._assign_mutable(self.best[2])
-        probs = self.predict_val()
+        # Final validation predictions come from the deployable model on decoded
+        # images (not from float16 cached activations): exactly what `predict` does.
+        deploy = self.tm.deployable()
+        probs = _predict_images(deploy, self.val_images)
         metrics = compute_metrics(self.y_val, probs, self.data.classes)
         metrics["best_step"] = self.best[1]
         backbone_vars, head_vars = self.tm.trainable_variables
-        deploy = self.tm.deployable()
-        self.deployable = deploy
         params = {
             "total": int(deploy.count_params()),
             "trainable_max": int(sum(int(np.prod(v.shape)) for v in backbone_vars + head_vars)),
@@ -533,7 +536,7 @@ class _Engine:
             timings=dict(self.timings), params=params, latency_ms=_latency_ms(deploy,
                                                                             self.strategy),
             cached=self.cached, cache=dict(self.cache_counts), val_probabilities=probs,
-            resumed_from_step=resumed_from, notes=tuple(self.notes),
+            resumed_from_step=resumed_from, notes=tuple(self.notes), model=deploy,
         )
 
     # -- checkpoints --------------------------------------------------------------------
@@ -631,6 +634,15 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
     n_best = sum(1 for k in arrays if k.startswith("b"))
     meta["best_weights"] = [arrays[f"b{i}"] for i in range(n_best)] if n_best else None
     return meta
+
+
+def _predict_images(model: Any, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Probabilities of a deployable model over uint8 images, in inference mode."""
+    out = []
+    for start in range(0, len(images), batch):
+        x = np.asarray(images[start:start + batch], dtype=np.float32)
+        out.append(np.asarray(model(x, training=False)))
+    return np.concatenate(out).astype(np.float64)
 
 
 def _latency_ms(model: Any, strategy: Strategy, repeats: int = 10) -> float:

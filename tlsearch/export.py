@@ -1,0 +1,333 @@
+"""Export a trial as a deployable model, and predict with exactly the training pipeline.
+
+An exported folder holds `model.keras` (raw RGB 0-255 in, probabilities out; the
+backbone's preprocessing inside the graph), `labels.json`, `strategy.json` and a
+model card. Pixels always come from `tlsearch.data.decode_image`, the function that
+fed training and validation, so a single image is predicted as it was validated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ExportError",
+    "Prediction",
+    "UnsafeModelError",
+    "export_trial",
+    "format_predictions",
+    "iter_image_paths",
+    "load_exported",
+    "predict_paths",
+]
+
+MODEL_FILE = "model.keras"
+
+
+class ExportError(RuntimeError):
+    """Export or prediction cannot proceed; the message is one line saying why."""
+
+
+class UnsafeModelError(ExportError):
+    """The model file contains code (a Lambda layer) or objects we do not know."""
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_model_safely(path: Path) -> Any:
+    """`keras.models.load_model(path, safe_mode=True)`, with one-line refusals."""
+    import keras
+
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, TypeError) as exc:
+        text = str(exc)
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        if "Lambda" in text or "lambda" in text or "safe_mode" in text:
+            raise UnsafeModelError(f"refused {path}: it contains a Lambda layer (arbitrary code); "
+                                   "tlsearch never loads code from model files") from None
+        if "Could not locate" in text or "Unknown" in text or "not found" in text:
+            raise UnsafeModelError(f"refused {path}: it uses an object Keras does not know "
+                                   f"({first[:160]})") from None
+        raise ExportError(f"cannot load {path}: {first[:200]}") from None
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc}") from None
+
+
+def _pick_trial(handle: Any, trial: int | None) -> Any:
+    from optuna.trial import TrialState
+
+    trials = handle.study.get_trials(deepcopy=False)
+    if trial is None:
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        if not complete:
+            raise ExportError(f"study {handle.config.study!r} has no completed trial to export")
+        return max(complete, key=lambda t: t.value)
+    matches = [t for t in trials if t.number == trial]
+    if not matches or matches[0].state != TrialState.COMPLETE:
+        raise ExportError(f"trial {trial} is not a completed trial of study "
+                          f"{handle.config.study!r}")
+    return matches[0]
+
+
+def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
+                 retrain: str = "none", tflite: bool = False) -> dict[str, Any]:
+    """Write the recommended (or chosen) trial's model and its contract to `out`.
+
+    Args:
+        retrain: `none` uses the weights the trial ended with (kept for the study's best
+            trials); `train+val` retrains the same strategy on train and validation.
+        tflite: also write float32 and dynamic-range quantized TFLite models and check
+            they agree with the Keras model.
+    Returns:
+        A summary dict (paths, trial, metrics, TFLite agreement).
+    """
+    from tlsearch.data import RESIZE_METHOD, Split
+    from tlsearch.strategy import Strategy
+    from tlsearch.study import MODEL_FILE as STUDY_MODEL, SPLIT_FILE, load_config, open_study
+
+    if retrain not in ("none", "train+val"):
+        raise ExportError(f"--retrain must be none or train+val, got {retrain!r}")
+    config = load_config(study_dir)
+    handle = open_study(config, create=False)
+    chosen = _pick_trial(handle, trial)
+    strategy = Strategy.from_dict(chosen.user_attrs["strategy"])
+    split = Split.load(handle.dir / SPLIT_FILE)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = dict(chosen.user_attrs.get("metrics", {}))
+    if retrain == "none":
+        source = handle.trial_dir(chosen.number) / STUDY_MODEL
+        if not source.exists():
+            raise ExportError(
+                f"trial {chosen.number} kept no final weights (only the best few trials do); "
+                "export it with --retrain train+val")
+        load_model_safely(source)  # refuse anything unsafe before copying it out
+        tmp = out / f".{MODEL_FILE}.tmp"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, out / MODEL_FILE)
+        trained_on = "train split"
+    else:
+        model = _retrain(strategy, split, config)
+        tmp = out / f".{os.getpid()}.tmp.keras"
+        model.save(tmp)
+        os.replace(tmp, out / MODEL_FILE)
+        trained_on = "train + validation splits (validation metrics below are from the search)"
+    labels = list(split.classes)
+    _write_text(out / "labels.json", json.dumps(labels, indent=1, ensure_ascii=True))
+    _write_text(out / "strategy.json", strategy.to_json())
+    summary: dict[str, Any] = {
+        "trial": chosen.number, "study": config.study, "metrics": metrics,
+        "objective": chosen.value, "metric": handle.study.user_attrs.get("metric"),
+        "fingerprint": split.fingerprint, "image_size": strategy.image_size,
+        "resize_method": RESIZE_METHOD, "trained_on": trained_on, "weights": strategy.weights,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "path": str(out),
+    }
+    if tflite:
+        summary["tflite"] = _export_tflite(out, strategy, split, config)
+    _write_text(out / "export.json", json.dumps(summary, indent=2, default=str))
+    _write_text(out / "MODEL_CARD.md", _model_card(summary, strategy, labels))
+    return summary
+
+
+def _retrain(strategy: Any, split: Any, config: Any) -> Any:
+    from tlsearch.train import TrialData, run_trial
+
+    data = TrialData(
+        root=Path(config.data_dir), classes=tuple(split.classes),
+        train_paths=tuple(p for p, _ in split.train + split.val),
+        train_labels=tuple(y for _, y in split.train + split.val),
+        val_paths=tuple(p for p, _ in split.val), val_labels=tuple(y for _, y in split.val),
+        fingerprint=split.fingerprint, cache_dir=config.cache_path)
+    result = run_trial(strategy, data)
+    if result.state != "complete":
+        raise ExportError(f"retraining failed: {result.failure_reason} {result.failure_detail}")
+    return result.model
+
+
+def _export_tflite(out: Path, strategy: Any, split: Any, config: Any) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from tlsearch.data import decode_image
+
+    model = load_model_safely(out / MODEL_FILE)
+    paths = split.paths("val")[:32]
+    x = np.stack([decode_image(Path(config.data_dir) / p, strategy.image_size)
+                  for p in paths]).astype(np.float32)
+    reference = np.asarray(model(x, training=False))
+    report: dict[str, Any] = {}
+    for name, quantize in (("model.tflite", False), ("model_dynamic_range.tflite", True)):
+        try:
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            if quantize:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            blob = converter.convert()
+        except Exception as exc:  # converter errors are many and deep; report one line
+            report[name] = {"error": str(exc).strip().splitlines()[0][:200]}
+            continue
+        (out / name).write_bytes(blob)
+        interpreter = tf.lite.Interpreter(model_content=blob)
+        inp = interpreter.get_input_details()[0]
+        outp = interpreter.get_output_details()[0]
+        interpreter.resize_tensor_input(inp["index"], [1, *x.shape[1:]])
+        interpreter.allocate_tensors()
+        probs = []
+        for row in x:
+            interpreter.set_tensor(inp["index"], row[None])
+            interpreter.invoke()
+            probs.append(interpreter.get_tensor(outp["index"])[0])
+        probs = np.asarray(probs)
+        report[name] = {"max_abs_diff": float(np.abs(probs - reference).max()),
+                        "argmax_agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
+                        "images_checked": len(x)}
+    return report
+
+
+def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -> str:
+    metrics = summary["metrics"]
+    lines = [
+        f"# Model card: {summary['study']} trial {summary['trial']}",
+        "",
+        f"- Strategy: {strategy.describe()}",
+        f"- Weights the backbone started from: {strategy.weights}",
+        f"- Trained on: {summary['trained_on']}",
+        f"- Validation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        f"- Data fingerprint: {summary['fingerprint']}",
+        f"- Exported: {summary['exported']}",
+        f"- Classes ({len(labels)}): see labels.json (index -> name)",
+        "",
+        "## Input contract",
+        f"- RGB images resized to {strategy.image_size}x{strategy.image_size} "
+        f"({summary['resize_method']}, squashed, no crop; EXIF orientation applied; alpha "
+        "composited on white), values 0-255 as float32, shape (N, "
+        f"{strategy.image_size}, {strategy.image_size}, 3). The backbone's preprocessing is "
+        "inside the model: do not normalise.",
+        "- Output: class probabilities (softmax), in labels.json order.",
+        "",
+        "## Load with plain Keras",
+        "```python",
+        "import json, keras, numpy as np",
+        'model = keras.models.load_model("model.keras", safe_mode=True)',
+        'labels = json.load(open("labels.json"))',
+        f"# x: float32 array (N, {strategy.image_size}, {strategy.image_size}, 3) in 0-255",
+        "probs = model.predict(x)",
+        "```",
+        "Or `tlsearch predict <this folder> IMAGE...`, which decodes exactly as training did.",
+    ]
+    if "tflite" in summary:
+        lines += ["", "## TFLite", "```", json.dumps(summary["tflite"], indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+# -- prediction ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    top: tuple[tuple[str, float], ...] = ()
+    probabilities: tuple[float, ...] = ()
+    error: str | None = None  # a reason code from tlsearch.data when the file was unreadable
+
+
+@dataclass
+class ExportedModel:
+    model: Any
+    labels: list[str]
+    image_size: int
+
+
+def load_exported(model_dir: Path) -> ExportedModel:
+    model_dir = Path(model_dir)
+    for name in (MODEL_FILE, "labels.json", "strategy.json"):
+        if not (model_dir / name).is_file():
+            raise ExportError(f"{model_dir} is not an exported model folder (missing {name})")
+    try:
+        labels = json.loads((model_dir / "labels.json").read_text())
+        size = int(json.loads((model_dir / "strategy.json").read_text())["image_size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{model_dir}: labels.json or strategy.json is invalid ({exc})") from None
+    model = load_model_safely(model_dir / MODEL_FILE)
+    return ExportedModel(model=model, labels=[str(x) for x in labels], image_size=size)
+
+
+def iter_image_paths(inputs: Sequence[Path]) -> Iterator[Path]:
+    """Files as given, and every non-hidden file under given folders, sorted."""
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            for root, dirs, files in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield Path(root) / name
+        else:
+            yield item
+
+
+def predict_paths(exported: ExportedModel, paths: Sequence[Path], *, top_k: int = 3,
+                  batch_size: int = 32, progress: Any = None) -> Iterator[Prediction]:
+    """Predict files in batches; unreadable files yield a Prediction with its reason."""
+    from tlsearch.data import DecodeError, decode_image
+
+    k = max(1, min(top_k, len(exported.labels)))
+    pending: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> Iterator[Prediction]:
+        x = np.stack([a for _, a in pending]).astype(np.float32)
+        probs = np.asarray(exported.model(x, training=False), dtype=np.float64)
+        for (path, _), row in zip(pending, probs, strict=True):
+            order = np.argsort(-row)[:k]
+            yield Prediction(str(path), tuple((exported.labels[i], float(row[i])) for i in order),
+                             tuple(float(p) for p in row))
+        pending.clear()
+
+    for path in paths:
+        try:
+            pending.append((path, decode_image(path, exported.image_size)))
+        except DecodeError as exc:
+            yield Prediction(str(path), error=exc.reason)
+        except OSError as exc:
+            yield Prediction(str(path), error=f"unreadable: {exc.strerror or exc}")
+        if progress is not None:
+            progress()
+        if len(pending) >= batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def format_predictions(predictions: Sequence[Prediction], fmt: str) -> str:
+    """Render as `json` or `csv` (the table format is rendered by the CLI)."""
+    if fmt == "json":
+        return json.dumps([{"path": p.path, "error": p.error,
+                            "top": [{"label": lab, "probability": prob} for lab, prob in p.top]}
+                           for p in predictions], indent=2, ensure_ascii=True)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        width = max((len(p.top) for p in predictions), default=1)
+        writer.writerow(["path", "error"] + [f"{c}{i + 1}" for i in range(width)
+                                             for c in ("label", "probability")])
+        for p in predictions:
+            row = [p.path, p.error or ""]
+            for lab, prob in p.top:
+                row += [lab, f"{prob:.6f}"]
+            writer.writerow(row)
+        return buf.getvalue()
+    raise ExportError(f"unknown format {fmt!r}")
