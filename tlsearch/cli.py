@@ -303,8 +303,13 @@ def predict(
     """Predict images with an exported model, decoding them exactly as training did."""
     from rich.progress import Progress
 
-    from tlsearch.export import ExportError, format_predictions, iter_image_paths, load_exported
-    from tlsearch.export import predict_paths
+    from tlsearch.export import (
+        ExportError,
+        format_predictions,
+        iter_image_paths,
+        load_exported,
+        predict_paths,
+    )
 
     _quiet_libraries()
     missing = [str(p) for p in inputs if not p.exists() and not p.is_symlink()]

@@ -99,7 +99,8 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     """
     from tlsearch.data import RESIZE_METHOD, Split
     from tlsearch.strategy import Strategy
-    from tlsearch.study import MODEL_FILE as STUDY_MODEL, SPLIT_FILE, load_config, open_study
+    from tlsearch.study import MODEL_FILE as STUDY_MODEL
+    from tlsearch.study import SPLIT_FILE, load_config, open_study
 
     if retrain not in ("none", "train+val"):
         raise ExportError(f"--retrain must be none or train+val, got {retrain!r}")
@@ -206,7 +207,7 @@ def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -
         f"- Strategy: {strategy.describe()}",
         f"- Weights the backbone started from: {strategy.weights}",
         f"- Trained on: {summary['trained_on']}",
-        f"- Validation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        "- Validation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
         f"- Data fingerprint: {summary['fingerprint']}",
         f"- Exported: {summary['exported']}",
         f"- Classes ({len(labels)}): see labels.json (index -> name)",
