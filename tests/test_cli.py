@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tlsearch.cli import app
 
-COMMANDS = ["demo-data", "doctor", "backbones", "search", "resume", "status", "export",
+COMMANDS = ["demo-data", "doctor", "backbones", "search", "resume", "status", "report", "export",
             "predict"]
 
 

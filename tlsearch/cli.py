@@ -143,7 +143,8 @@ def search(
              "file path; default: the embedded journal in the study folder.")] = None,
     trials: Annotated[int, typer.Option(min=1, help="Finished trials to reach (in total).")] = 20,
     timeout: Annotated[float | None, typer.Option(
-        callback=_positive_timeout, help="Stop starting new trials after this many seconds.")] = None,
+        callback=_positive_timeout,
+        help="Stop starting new trials after this many seconds.")] = None,
     metric: Annotated[Metric | None, typer.Option(
         help="Objective metric (default: the space's, usually balanced_accuracy).")] = None,
     weights: Annotated[str, typer.Option(
@@ -151,7 +152,8 @@ def search(
              "available, else the bundled weights) or a path to a weights file.")] = "imagenet",
     seed: Annotated[int, typer.Option(help="Seed for the split, the sampler and training.")] = 0,
     cache_dir: Annotated[Path | None, typer.Option(
-        file_okay=False, help="Decode and frozen-prefix cache (default ~/.cache/tlsearch).")] = None,
+        file_okay=False,
+        help="Decode and frozen-prefix cache (default ~/.cache/tlsearch).")] = None,
     out: Annotated[Path, typer.Option(file_okay=False,
                                       help="Folder that holds study folders.")] = Path("studies"),
     pruner: Annotated[Pruner, typer.Option(help="Multi-fidelity pruner.")] = Pruner.hyperband,
@@ -193,6 +195,19 @@ def resume(
     _run(config)
 
 
+def _write_report(config) -> None:
+    """Every search (interrupted ones too) ends with its report; failing to write it
+    must not hide the search's own outcome."""
+    from tlsearch.report import build_report
+
+    try:
+        path = build_report(config.study_dir, Path("reports") / f"{config.study}.html")
+    except Exception as exc:  # the search result stands; say why the report is missing
+        err_console.print(f"[yellow]report not written:[/] {escape(str(exc))}")
+        return
+    console.print(f"Report: [bold]{escape(str(path))}[/]")
+
+
 def _quiet_libraries() -> None:
     """Keep TensorFlow/Optuna chatter out of the progress display."""
     import logging
@@ -219,6 +234,7 @@ def _run(config) -> None:
     except (SearchError, SpaceError) as exc:
         raise fail(str(exc)) from None
     progress.summary(outcome, config)
+    _write_report(config)
     if outcome.stopped == "interrupted":
         raise typer.Exit(130)
     if outcome.stopped == "all_failed":
@@ -251,6 +267,28 @@ def status(
         render_status(console, summary, config)
 
 
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", dir_okay=False,
+        help="HTML file to write (default reports/<study>.html).")] = None,
+    studies: Annotated[Path, typer.Option(help="Folder that holds study folders.")] = Path(
+        "studies"),
+    top: Annotated[int, typer.Option(min=1, help="Top trials to show in detail.")] = 5,
+) -> None:
+    """Write the self-contained HTML recommendation report of a study."""
+    from tlsearch.report import build_report
+    from tlsearch.study import SearchError
+
+    _quiet_libraries()
+    try:
+        path = build_report(studies / study, out, top=top)
+    except SearchError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"Report: [bold]{escape(str(path))}[/]")
+
+
 class Retrain(str, Enum):
     none = "none"
     train_val = "train+val"
@@ -273,7 +311,8 @@ def export(
                                              "train+val: retrain on both splits.")] = Retrain.none,
     tflite: Annotated[bool, typer.Option(help="Also write TFLite models (float32 and "
                                          "dynamic-range quantized) and check agreement.")] = False,
-    studies: Annotated[Path, typer.Option(help="Folder that holds study folders.")] = Path("studies"),
+    studies: Annotated[Path, typer.Option(
+        help="Folder that holds study folders.")] = Path("studies"),
 ) -> None:
     """Export a trial as model.keras + labels.json + strategy.json + a model card."""
     from tlsearch.export import ExportError, export_trial
@@ -297,7 +336,8 @@ def predict(
                                               help="A folder written by `tlsearch export`.")],
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     top_k: Annotated[int, typer.Option(min=1, help="Classes to show per image.")] = 3,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    fmt: Annotated[OutputFormat, typer.Option(
+        "--format", help="Output format.")] = OutputFormat.table,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
 ) -> None:
     """Predict images with an exported model, decoding them exactly as training did."""

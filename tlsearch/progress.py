@@ -62,7 +62,8 @@ class SearchProgress:
         elif kind == "trial_start":
             s = info["strategy"]
             self.current = f"#{info['number']} {s.backbone}@{s.image_size}"
-            self.progress.update(self.task, completed=info["finished"], description=self._describe())
+            self.progress.update(self.task, completed=info["finished"],
+                                 description=self._describe())
             retry = f" (retry of #{info['retry_of']})" if info.get("retry_of") is not None else ""
             print_(f"[dim]trial #{info['number']}{retry}: {escape(s.describe())}[/]")
         elif kind == "epoch":
@@ -102,8 +103,9 @@ class SearchProgress:
 
         strategy = Strategy.from_dict(best["strategy"])
         metrics = best.get("metrics", {})
+        balanced = metrics.get("balanced_accuracy", best["value"])
         c.print(f"\n[bold green]Recommendation[/] (trial #{best['number']}, "
-                f"validation balanced accuracy {metrics.get('balanced_accuracy', best['value']):.3f}"
+                f"validation balanced accuracy {balanced:.3f}"
                 f", accuracy {metrics.get('accuracy', 0):.3f}):")
         c.print(f"  {escape(strategy.describe())}")
         c.print(f"  weights used: {escape(strategy.weights)}")

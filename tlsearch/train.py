@@ -94,7 +94,8 @@ class TrialData:
     def from_split(cls, root: Path, split: Any, cache_dir: Path) -> TrialData:
         return cls(
             root=Path(root), classes=tuple(split.classes),
-            train_paths=tuple(p for p, _ in split.train), train_labels=tuple(y for _, y in split.train),
+            train_paths=tuple(p for p, _ in split.train),
+            train_labels=tuple(y for _, y in split.train),
             val_paths=tuple(p for p, _ in split.val), val_labels=tuple(y for _, y in split.val),
             fingerprint=split.fingerprint, cache_dir=Path(cache_dir),
         )
@@ -149,7 +150,8 @@ class TrialResult:
 # -- metrics -----------------------------------------------------------------------------
 
 
-def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+def compute_metrics(y_true: np.ndarray, probs: np.ndarray,
+                    classes: Sequence[str]) -> dict[str, Any]:
     """Validation metrics from probabilities, all through scikit-learn."""
     from sklearn import metrics as M
 

@@ -1,0 +1,1347 @@
+"""Report assembly: a study folder -> one plain dict the template renders.
+
+Everything here is plain data (dicts, lists, numbers, strings): no Optuna, Keras or
+plotly objects leave this module, so the template and the plots can be tested on
+hand-written contexts. Dataset strings (class and file names) are passed through
+`display` (control and bidi characters shown as escapes, never interpreted); HTML
+escaping is the template's job (Jinja2 autoescape) and the plots' (`plots.py`).
+
+The diagnosis follows the failure modes of the seed articles: over-fitting (train
+accuracy far above validation), not learning (loss flat, accuracy near chance),
+unstable training (loss rising after unfreezing, NaN failures: LR too high),
+imbalance (accuracy far above balanced accuracy), and which BatchNorm modes and
+unfreeze depths failed, aggregated by parameter value.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import io
+import json
+import math
+import statistics
+import unicodedata
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "GALLERY_LIMIT",
+    "build_context",
+    "bootstrap_interval",
+    "display",
+    "keras_snippet",
+    "metric_value",
+    "pareto_front",
+]
+
+#: Bootstrap resamples of the validation set for the score's interval.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+#: Misclassified validation images shown in the gallery (the most confident first).
+GALLERY_LIMIT = 24
+THUMBNAIL_SIZE = 64
+#: Train accuracy this far above validation accuracy (at the kept epoch) is over-fitting.
+OVERFIT_GAP = 0.15
+#: Accuracy this far above balanced accuracy means the majority classes carry the score.
+IMBALANCE_GAP = 0.05
+#: A trial whose validation score stays within this of chance did not learn.
+CHANCE_MARGIN = 0.05
+#: A finishing training loss this many times its minimum means the loss rose.
+LOSS_RISE = 1.5
+#: Validation sets smaller than this give wide intervals; the report says so.
+SMALL_VAL = 50
+
+METRIC_LABELS = {
+    "balanced_accuracy": "balanced accuracy",
+    "accuracy": "accuracy",
+    "macro_f1": "macro F1",
+}
+BN_EXPLAINED = {
+    "frozen": "BatchNorm stays in inference mode and nothing in it updates (the safe default "
+              "for small datasets).",
+    "affine": "BatchNorm scale/shift (gamma, beta) of the unfrozen blocks learn; the moving "
+              "statistics stay as pretrained.",
+    "adapt": "BatchNorm layers use batch statistics while training and update their moving "
+             "statistics to the new data.",
+}
+IMBALANCE_EXPLAINED = {
+    "none": "no remedy: every image counts once",
+    "class_weight": "loss weighted per class, inversely to its frequency (sklearn 'balanced')",
+    "oversample": "each epoch draws classes uniformly (minority images repeat)",
+    "focal": "alpha-balanced focal loss (gamma 2, balanced class weights)",
+}
+#: Failure reasons that are about the worker, not the strategy it was training.
+NOT_THE_RECIPE = ("interrupted", "worker_died")
+#: Strategy fields compared value by value in the diagnosis ("which BN mode failed").
+AGGREGATE_KEYS = (
+    ("backbone", "backbone"),
+    ("unfreeze_blocks", "unfrozen blocks"),
+    ("gradual", "gradual unfreezing"),
+    ("bn_mode", "BatchNorm mode"),
+    ("augmentation", "augmentation"),
+    ("imbalance", "imbalance remedy"),
+    ("optimizer", "optimizer"),
+    ("schedule", "LR schedule"),
+    ("batch_size", "batch size"),
+    ("head_hidden_units", "head hidden units"),
+    ("head_epochs", "head epochs"),
+    ("finetune_epochs", "fine-tune epochs"),
+)
+
+# Bidirectional controls make a name display as another one (U+202E reverses text).
+_BIDI = frozenset([0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+
+# -- small helpers -----------------------------------------------------------------------
+
+
+def display(text: Any) -> str:
+    """A dataset string made safe to show: undecodable bytes, control and bidi
+    characters become visible escapes (``\\xff``, ``\\u202e``). HTML escaping is
+    left to the template."""
+    text = str(text)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) == "Cc" or ord(ch) in _BIDI
+        else ch
+        for ch in text
+    )
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _unfreeze_text(blocks: int) -> str:
+    return "all" if blocks == -1 else str(blocks)
+
+
+def _value_text(key: str, value: Any) -> str:
+    if key == "unfreeze_blocks":
+        return _unfreeze_text(int(value))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _short(strategy: dict[str, Any] | None) -> str:
+    """One-line summary of a strategy for tables."""
+    if not strategy:
+        return "(no strategy recorded)"
+    s = strategy
+    tune = "head only" if not _fine_tunes(s) else (
+        f"unfreeze {_unfreeze_text(s['unfreeze_blocks'])}"
+        + (" gradually" if s.get("gradual") else ""))
+    return (f"{s['backbone']}@{s['image_size']} · {tune} · BN {s.get('bn_mode')} · "
+            f"aug {s.get('augmentation')} · {s.get('imbalance')}")
+
+
+def _fine_tunes(s: dict[str, Any]) -> bool:
+    return s.get("unfreeze_blocks", 0) != 0 and s.get("finetune_epochs", 0) > 0
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# -- metrics and statistics ----------------------------------------------------------------
+
+
+def metric_value(name: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """`balanced_accuracy`, `accuracy` or `macro_f1`, as scikit-learn computes them.
+
+    Written in numpy so that a thousand bootstrap resamples stay fast.
+    """
+    if name == "accuracy":
+        return float(np.mean(y_true == y_pred))
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    support = cm.sum(axis=1)
+    tp = np.diag(cm)
+    if name == "balanced_accuracy":  # mean recall over the classes present in y_true
+        present = support > 0
+        return float(np.mean(tp[present] / support[present]))
+    if name == "macro_f1":  # every class counts; 0 where undefined (zero_division=0)
+        predicted = cm.sum(axis=0)
+        denom = support + predicted
+        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+        return float(np.mean(f1))
+    raise ValueError(f"unknown metric {name!r}")
+
+
+def bootstrap_interval(y_true: np.ndarray, probs: np.ndarray, metric: str, *,
+                       resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
+    """Point value and percentile bootstrap interval of `metric` over validation images.
+
+    Returns:
+        (value, low, high), resampling images with replacement `resamples` times.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(probs).argmax(axis=1)
+    k = np.asarray(probs).shape[1]
+    value = metric_value(metric, y_true, y_pred, k)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y_true), size=(resamples, len(y_true)))
+    scores = np.array([metric_value(metric, y_true[i], y_pred[i], k) for i in idx])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(scores, [alpha, 1 - alpha])
+    return value, float(low), float(high)
+
+
+def pareto_front(points: list[tuple[int, float, float]]) -> list[int]:
+    """Trial numbers not dominated in (higher objective, lower cost).
+
+    Args:
+        points: (trial number, objective, cost) triples.
+    """
+    front = []
+    for number, value, cost in points:
+        dominated = any(
+            (v2 >= value and c2 <= cost) and (v2 > value or c2 < cost)
+            for n2, v2, c2 in points if n2 != number
+        )
+        if not dominated:
+            front.append(number)
+    return sorted(front)
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Loaded:
+    handle: Any
+    trials: list[dict[str, Any]]
+    probs: dict[int, np.ndarray]
+    split: Any | None
+    notes: list[str]
+
+
+def _load(study_dir: Path) -> _Loaded:
+    from tlsearch.space import SpaceError
+    from tlsearch.study import SearchError, load_config, open_study
+
+    study_dir = Path(study_dir)
+    # The folder as given wins over the `out` recorded when the study was created,
+    # so a study that was moved (or is addressed from another folder) still opens.
+    config = dataclasses.replace(load_config(study_dir), out=str(study_dir.parent),
+                                 study=study_dir.name)
+    notes: list[str] = []
+    try:
+        handle = open_study(config, create=False)
+    except (SpaceError, SearchError) as exc:
+        # The space YAML was a temporary file since deleted, or it was edited after the
+        # study started: the trials are still there to report on.
+        handle = _open_without_space(config, exc, notes)
+    trials, probs = [], {}
+    for t in handle.study.get_trials(deepcopy=False):
+        record, p = _trial_record(t, handle.trial_dir(t.number))
+        trials.append(record)
+        if p is not None:
+            probs[t.number] = p
+    split = None
+    split_path = study_dir / "split.json"
+    if split_path.exists():
+        from tlsearch.data import DatasetError, Split
+
+        try:
+            split = Split.load(split_path)
+        except DatasetError as exc:
+            notes.append(f"The saved split could not be read ({exc}).")
+    else:
+        notes.append("The study has no saved split yet (split.json).")
+    return _Loaded(handle, trials, probs, split, notes)
+
+
+def _open_without_space(config: Any, exc: Exception, notes: list[str]) -> Any:
+    import optuna
+
+    from tlsearch.study import SearchError, StudyHandle, make_storage
+
+    try:
+        study = optuna.load_study(study_name=config.study,
+                                  storage=make_storage(config.storage, config.study_dir))
+    except KeyError:
+        raise SearchError(f"no study named {config.study!r} in {config.study_dir}") from None
+    notes.append(f"The search space could not be reloaded ({str(exc).splitlines()[0][:300]}); "
+                 "the report uses the trials alone.")
+    return StudyHandle(config=config, study=study, space=None)
+
+
+def _trial_record(t: Any, tdir: Path) -> tuple[dict[str, Any], np.ndarray | None]:
+    """One trial as plain data, from the storage and its `result.json` (if any)."""
+    attrs = t.user_attrs
+    result = _read_json(tdir / "result.json") or {}
+    strategy = attrs.get("strategy") or result.get("strategy")
+    metrics = result.get("metrics") or attrs.get("metrics") or {}
+    timings = result.get("timings") or {}
+    seconds = _finite(attrs.get("seconds")) or _finite(timings.get("total"))
+    if seconds is None and t.duration is not None:
+        seconds = t.duration.total_seconds()
+    distributions = {}
+    for name, dist in t.distributions.items():
+        kind = type(dist).__name__.replace("Distribution", "").lower()
+        distributions[name] = {"kind": kind, "log": bool(getattr(dist, "log", False))}
+    history = [h for h in result.get("history") or [] if isinstance(h, dict)]
+    record = {
+        "number": t.number,
+        # Optuna's FAIL reads "failed", as `TrialResult.state` does.
+        "state": "failed" if t.state.name == "FAIL" else t.state.name.lower(),
+        "value": _finite(t.value) if t.state.name == "COMPLETE" else None,
+        "params": dict(t.params),
+        "distributions": distributions,
+        "strategy": strategy,
+        "short": _short(strategy),
+        "metrics": metrics,
+        "history": history,
+        "intermediate": {int(k): v for k, v in t.intermediate_values.items()},
+        "seconds": seconds,
+        "latency_ms": _finite(attrs.get("latency_ms", result.get("latency_ms"))),
+        "params_total": attrs.get("params_total") or (result.get("params") or {}).get("total"),
+        "cached": attrs.get("cached", result.get("cached")),
+        "cache": attrs.get("cache") or result.get("cache") or {},
+        "failure_reason": attrs.get("failure_reason") or result.get("failure_reason"),
+        "failure_detail": attrs.get("failure_detail") or result.get("failure_detail") or "",
+        "retry_of": attrs.get("retry_of"),
+        "resumed_from_step": attrs.get("resumed_from_step", result.get("resumed_from_step")),
+        "baseline": attrs.get("baseline"),
+        "notes": list(result.get("notes") or []),
+        "has_result": bool(result),
+        "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+    }
+    probs = result.get("val_probabilities")
+    array = None
+    if probs:
+        try:
+            array = np.asarray(probs, dtype=np.float64)
+            if array.ndim != 2:
+                array = None
+        except (TypeError, ValueError):
+            array = None
+    return record, array
+
+
+# -- the recommendation ----------------------------------------------------------------------
+
+
+def _weights_text(weights: str) -> tuple[str, str | None]:
+    """(plain words, warning or None) for `strategy.weights`."""
+    if weights == "imagenet":
+        return "ImageNet (Keras's own download and cache)", None
+    if weights == "none":
+        return ("none: random initialisation, no pretrained weights", (
+            "These trials started from random weights, so nothing was transferred: the "
+            "scores say how well each recipe trains from scratch on this data, not how "
+            "a pretrained backbone would do. Re-run with --weights imagenet (or auto) "
+            "before relying on the recommendation."))
+    return f"weights file {weights}", None
+
+
+def _recipe_rows(s: dict[str, Any], spec: Any, params_total: Any) -> list[dict[str, str]]:
+    from tlsearch.model import AUGMENTATION_LEVELS
+
+    rows = []
+    size = s["image_size"]
+    backbone = f"{spec.description or spec.name} ({s['backbone']})" if spec else s["backbone"]
+    detail = f"{size}×{size} px input"
+    if params_total:
+        detail += f", {int(params_total) / 1e6:.2f}M parameters in the exported model"
+    if spec is not None:
+        detail += f", ~{spec.cost(size):.2g} GFLOPs"
+    rows.append({"label": "Backbone", "value": backbone, "detail": detail})
+    rows.append({"label": "Pretrained weights", "value": _weights_text(s["weights"])[0],
+                 "detail": ""})
+    n_blocks = spec.n_blocks if spec else None
+    if not _fine_tunes(s):
+        unfreeze = "nothing: the backbone stays frozen, only the new head trains"
+    elif s["unfreeze_blocks"] == -1:
+        unfreeze = "the whole backbone (every block and the stem)"
+    else:
+        k = s["unfreeze_blocks"]
+        unfreeze = f"the top {k} block{'s' if k != 1 else ''}" + (
+            f" of {n_blocks}" if n_blocks else "")
+    if _fine_tunes(s):
+        unfreeze += (", one block more per phase (gradual)" if s.get("gradual")
+                     else ", all at once") + ", after the head warm-up"
+    rows.append({"label": "Unfreeze", "value": unfreeze, "detail": ""})
+    lr = f"head {s['head_lr']:.2g}"
+    if _fine_tunes(s):
+        lr += f", backbone {s['backbone_lr']:.2g} ({s['backbone_lr'] / s['head_lr']:.2g}× head)"
+    rows.append({"label": "Learning rates", "value": lr, "detail": (
+        f"{s['optimizer']}" + (f" (weight decay {s['weight_decay']:.2g})"
+                                if s["optimizer"] == "adamw" else "")
+        + f", {s['schedule']} schedule"
+        + (f", {s['warmup_epochs']} warm-up epochs" if s.get("warmup_epochs") else ""))})
+    rows.append({"label": "BatchNorm", "value": s["bn_mode"],
+                 "detail": BN_EXPLAINED.get(s["bn_mode"], "")})
+    rows.append({"label": "Augmentation", "value": s["augmentation"],
+                 "detail": AUGMENTATION_LEVELS.get(s["augmentation"], "")})
+    rows.append({"label": "Imbalance remedy", "value": s["imbalance"],
+                 "detail": IMBALANCE_EXPLAINED.get(s["imbalance"], "")})
+    epochs = f"{s['head_epochs']} head"
+    if _fine_tunes(s):
+        epochs += f" + {s['finetune_epochs']} fine-tuning"
+    total = s["head_epochs"] + (s["finetune_epochs"] if _fine_tunes(s) else 0)
+    epochs += f" = {total} epochs, batch {s['batch_size']}"
+    if s.get("early_stopping_patience"):
+        epochs += f", early stopping after {s['early_stopping_patience']} epochs without gain"
+    rows.append({"label": "Epochs", "value": epochs,
+                 "detail": "the weights of the best validation epoch are kept"})
+    head = "global average pooling"
+    if s.get("head_dropout"):
+        head += f" → dropout {s['head_dropout']:.2g}"
+    if s.get("head_hidden_units"):
+        head += f" → dense {s['head_hidden_units']} relu"
+    head += " → softmax"
+    extras = []
+    if s.get("head_l2"):
+        extras.append(f"L2 {s['head_l2']:.2g}")
+    if s.get("label_smoothing"):
+        extras.append(f"label smoothing {s['label_smoothing']:.2g}")
+    rows.append({"label": "Head", "value": head, "detail": ", ".join(extras)})
+    return rows
+
+
+def _phase_plan(s: dict[str, Any], n_blocks: int) -> list[tuple[int, int]]:
+    """(unfrozen blocks, epochs) per phase, exactly as the trial engine plans them."""
+    from tlsearch.strategy import Strategy
+    from tlsearch.train import _phases  # the engine's own plan, so the two never drift
+
+    return [(p.blocks, p.epochs) for p in _phases(Strategy.from_dict(s), n_blocks)]
+
+
+def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: float,
+                  trial: int | None = None, study: str = "") -> str:
+    """A standalone Keras script that trains the strategy's recipe.
+
+    Plain `keras.applications` code with the strategy's values: preprocessing and
+    augmentation as layers, an explicit `training=` on the backbone, two learning rates
+    (head and backbone), the same phases (head warm-up, then unfreezing from the top),
+    BatchNorm handled per mode, the imbalance remedy and the best-epoch weights kept.
+    """
+    n_blocks = spec.n_blocks if spec else 1
+    plan = _phase_plan(s, n_blocks)
+    ctor = spec.constructor if spec else f"keras.applications.{s['backbone']}"
+    module, _, attr = ctor.rpartition(".")
+    if module == "keras.applications":
+        imports, call = "", f"keras.applications.{attr}"
+    else:
+        imports, call = f"from {module} import {attr}\n", attr
+    kwargs = "".join(f", {k}={v!r}" for k, v in (spec.constructor_kwargs if spec else ()))
+    weights = s["weights"]
+    if weights == "imagenet":
+        base = ("# Pretrained weights: ImageNet, through Keras's own download and cache.\n"
+                f"base = {call}(include_top=False, weights=\"imagenet\",\n"
+                f"    input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3){kwargs})")
+    elif weights == "none":
+        base = ("# Weights: none (random initialisation), as in the study.\n"
+                f"base = {call}(include_top=False, weights=None,\n"
+                f"    input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3){kwargs})")
+    else:
+        base = ("# Weights: the file the study used.\n"
+                f"base = {call}(include_top=False, weights=None,\n"
+                f"    input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3){kwargs})\n"
+                f"base.load_weights({weights!r})")
+    family = spec.family if spec else "tf"
+    preprocess = {
+        "none": "preprocess = []  # this backbone preprocesses raw 0-255 input itself",
+        "tf": "preprocess = [layers.Rescaling(1 / 127.5, offset=-1.0)]  # 0-255 -> [-1, 1]",
+        "torch": ("preprocess = [layers.Rescaling(1 / 255.0),\n"
+                  "              layers.Normalization(mean=[0.485, 0.456, 0.406],\n"
+                  "                                   variance=[0.229**2, 0.224**2, 0.225**2])]"),
+        "caffe": ("caffe = layers.Dense(3, trainable=False)  # RGB->BGR, minus ImageNet mean\n"
+                  "caffe.build((None, None, None, 3))\n"
+                  "caffe.set_weights([np.eye(3, dtype=\"float32\")[::-1].copy(),\n"
+                  "                   -np.array([103.939, 116.779, 123.68], dtype=\"float32\")])\n"
+                  "preprocess = [caffe]"),
+    }[family]
+    augment = {
+        "none": "augment = []",
+        "light": ("augment = [layers.RandomFlip(\"horizontal\", seed=SEED),\n"
+                  "           layers.RandomRotation(0.05, seed=SEED + 1),\n"
+                  "           layers.RandomZoom(0.1, seed=SEED + 2),\n"
+                  "           layers.RandomTranslation(0.05, 0.05, seed=SEED + 3)]"),
+        "medium": ("augment = [layers.RandomFlip(\"horizontal\", seed=SEED),\n"
+                   "           layers.RandomRotation(0.1, seed=SEED + 1),\n"
+                   "           layers.RandomZoom(0.15, seed=SEED + 2),\n"
+                   "           layers.RandomTranslation(0.1, 0.1, seed=SEED + 3),\n"
+                   "           layers.RandomContrast(0.2, value_range=(0, 255), seed=SEED + 4),\n"
+                   "           layers.RandomBrightness(0.2, value_range=(0, 255), seed=SEED + 5)]"),
+        "strong": ("augment = [layers.RandomFlip(\"horizontal\", seed=SEED),\n"
+                   "           layers.RandomZoom(0.2, seed=SEED + 2),\n"
+                   "           layers.RandomTranslation(0.1, 0.1, seed=SEED + 3),\n"
+                   "           layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5,\n"
+                   "                              seed=SEED + 6)]"),
+    }[s["augmentation"]]
+    reg = f"keras.regularizers.L2({s['head_l2']!r})" if s.get("head_l2") else "None"
+    head = ["head = keras.Sequential([\n    layers.GlobalAveragePooling2D()"]
+    if s.get("head_dropout"):
+        head.append(f"layers.Dropout({s['head_dropout']!r}, seed=SEED)")
+    if s.get("head_hidden_units"):
+        head.append(f"layers.Dense({s['head_hidden_units']}, activation=\"relu\", "
+                    f"kernel_regularizer={reg})")
+        if s.get("head_dropout"):
+            head.append(f"layers.Dropout({s['head_dropout']!r}, seed=SEED + 1)")
+    head.append(f"layers.Dense(num_classes, activation=\"softmax\",\n"
+                f"                 kernel_regularizer={reg})")
+    head_code = ",\n    ".join(head) + ",\n])"
+    if s["optimizer"] == "sgd":
+        opt = "keras.optimizers.SGD(lr, momentum=0.9)"
+    elif s["optimizer"] == "adamw":
+        opt = f"keras.optimizers.AdamW(lr, weight_decay={s['weight_decay']!r})"
+    else:
+        opt = "keras.optimizers.Adam(lr)"
+    if s["imbalance"] == "focal":
+        loss = (f"keras.losses.CategoricalFocalCrossentropy(gamma=2.0, "
+                f"label_smoothing={s['label_smoothing']!r})")
+    else:
+        loss = f"keras.losses.CategoricalCrossentropy(label_smoothing={s['label_smoothing']!r})"
+    if spec is not None and spec.block_regex is None:
+        starts = ("# Blocks: the 'mixedN' modules; block k starts after module k-1 ends.\n"
+                  "STARTS = [i + 1 for i, layer in enumerate(base.layers)\n"
+                  "          if re.fullmatch(r\"mixed\\d+\", layer.name)][:-1]")
+    else:
+        regex = spec.block_regex if spec else r"^(block\d+)_"
+        starts = (f"BLOCK_REGEX = {regex!r}  # first group names a layer's block\n"
+                  "STARTS, _seen = [], set()  # index of each block's first layer\n"
+                  "for i, layer in enumerate(base.layers):\n"
+                  "    m = re.search(BLOCK_REGEX, layer.name)\n"
+                  "    if m and m.group(1) not in _seen:\n"
+                  "        _seen.add(m.group(1))\n"
+                  "        STARTS.append(i)")
+    header = (f"# Reproduces tlsearch trial #{trial} of study {study!r}:"
+              if trial is not None else "# The recommended tlsearch recipe:")
+    weighted = s["imbalance"] in ("class_weight", "focal")
+    schedule_body = {
+        "cosine": ("    t = (epoch - warmup) / max(1, epochs - warmup)\n"
+                   "    return 0.5 * (1 + math.cos(math.pi * t)) * 0.9 + 0.1"),
+        "plateau": "    return plateau  # halved after every epoch without improvement",
+        "constant": "    return 1.0",
+    }[s["schedule"]]
+    lines = f'''{header}
+#   plain Keras 3 (TensorFlow backend), keras.applications and built-in layers only.
+# The split differs from the study's (image_dataset_from_directory's own), and the
+# frozen-prefix cache is left out, so expect scores close to, not equal to, the report's.
+{"import math" + chr(10) if s["schedule"] == "cosine" else ""}import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+{imports}
+DATA_DIR = {data_dir!r}
+IMAGE_SIZE = {s["image_size"]}
+BATCH_SIZE = {s["batch_size"]}
+HEAD_LR, BACKBONE_LR = {s["head_lr"]!r}, {s["backbone_lr"]!r}
+BN_MODE = {s["bn_mode"]!r}  # frozen | affine | adapt
+# (top blocks unfrozen, epochs) per phase: head warm-up first, then fine-tuning.
+PHASES = {plan!r}
+SEED = {s["seed"]}
+keras.utils.set_random_seed(SEED)
+
+train_ds, val_ds = keras.utils.image_dataset_from_directory(
+    DATA_DIR, validation_split={val_fraction!r}, subset="both", seed=SEED,
+    image_size=(IMAGE_SIZE, IMAGE_SIZE), batch_size=BATCH_SIZE, label_mode="categorical",
+    interpolation="bilinear")  # squashed to a square, no crop, as tlsearch does
+num_classes = len(train_ds.class_names)
+y_train = np.concatenate([y.numpy().argmax(1) for _, y in train_ds])
+
+{base}
+# Preprocessing lives inside the model, as layers (the backbone's own preprocess_input).
+{preprocess}
+# Augmentation: {s["augmentation"]} (active only while training).
+{augment}
+{head_code}
+head.build(base.output.shape)
+
+{starts}
+
+
+def set_unfrozen(blocks):
+    """Top `blocks` blocks trainable (-1: all, 0: none); BatchNorm as BN_MODE says."""
+    start = (len(base.layers) if blocks == 0 or not STARTS else 0 if blocks < 0
+             else STARTS[-min(blocks, len(STARTS))])
+    for i, layer in enumerate(base.layers):
+        if isinstance(layer, layers.BatchNormalization):
+            # Keras 3 runs a non-trainable BatchNorm in inference mode.
+            layer.trainable = BN_MODE == "adapt" or (i >= start and BN_MODE == "affine")
+        else:
+            layer.trainable = i >= start
+
+
+def forward(x, training):
+    for layer in augment:
+        x = layer(x, training=training)
+    for layer in preprocess:
+        x = layer(x)
+    # An explicit training flag: batch statistics only in "adapt" mode.
+    x = base(x, training=training and BN_MODE == "adapt")
+    return head(x, training=training)
+
+
+def lr_factor(epoch, epochs, plateau):
+    """Multiplier of a phase's learning rates: {s["schedule"]} schedule"""
+    warmup = {s["warmup_epochs"]}  # warm-up epochs at the start of each phase
+    if warmup and epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+{schedule_body}
+
+
+def make_optimizer(lr):
+    return {opt}
+
+
+loss_fn = {loss}
+'''
+    if weighted:
+        lines += '''counts = np.bincount(y_train, minlength=num_classes)
+class_weights = tf.constant(len(y_train) / (num_classes * np.maximum(counts, 1)), tf.float32)
+'''
+    if s["imbalance"] == "oversample":
+        lines += '''
+
+def epoch_data():
+    """Classes drawn uniformly: minority images repeat (the `oversample` remedy)."""
+    images = train_ds.unbatch()
+    per_class = [images.filter(lambda x, y, k=k: tf.argmax(y) == k).repeat()
+                 for k in range(num_classes)]
+    return tf.data.Dataset.sample_from_datasets(per_class, seed=SEED).take(
+        len(y_train)).batch(BATCH_SIZE)
+'''
+    else:
+        lines += '''
+
+def epoch_data():
+    return train_ds.shuffle(64, seed=SEED)
+'''
+    sample_weight = ("tf.gather(class_weights, tf.argmax(y, 1))" if weighted else "None")
+    lines += f'''
+
+def balanced_accuracy():
+    true, pred = [], []
+    for x, y in val_ds:
+        true.append(y.numpy().argmax(1))
+        pred.append(forward(x, training=False).numpy().argmax(1))
+    true, pred = np.concatenate(true), np.concatenate(pred)
+    return float(np.mean([np.mean(pred[true == k] == k) for k in np.unique(true)]))
+
+
+best_score, best_weights, plateau = -1.0, None, 1.0
+for blocks, epochs in PHASES:
+    set_unfrozen(blocks)
+    # Two learning rates: the backbone's is lower, so fine-tuning nudges pretrained features.
+    opt_backbone, opt_head = make_optimizer(BACKBONE_LR), make_optimizer(HEAD_LR)
+    phase_best = -1.0
+    for epoch in range(epochs):
+        factor = lr_factor(epoch, epochs, plateau)
+        opt_head.learning_rate = HEAD_LR * factor
+        opt_backbone.learning_rate = BACKBONE_LR * factor
+        for x, y in epoch_data():
+            with tf.GradientTape() as tape:
+                probs = forward(x, training=True)
+                loss = loss_fn(y, probs, sample_weight={sample_weight})
+                loss += sum(head.losses)
+            backbone_vars, head_vars = base.trainable_variables, head.trainable_variables
+            grads = tape.gradient(loss, backbone_vars + head_vars)
+            if backbone_vars:
+                opt_backbone.apply_gradients(
+                    zip(grads[:len(backbone_vars)], backbone_vars, strict=True))
+            opt_head.apply_gradients(zip(grads[len(backbone_vars):], head_vars, strict=True))
+        score = balanced_accuracy()
+        print(f"blocks={{blocks}} epoch={{epoch}} loss={{float(loss):.4f}} val={{score:.3f}}")
+        if score > best_score:  # keep the best epoch's weights, as tlsearch does
+            best_score = score
+            best_weights = [w.numpy() for w in base.weights + head.weights]
+        if score <= phase_best:
+            plateau *= 0.5  # used by the plateau schedule only
+        phase_best = max(phase_best, score)
+for w, value in zip(base.weights + head.weights, best_weights, strict=True):
+    w.assign(value)
+
+# Deployable model: raw RGB 0-255 in, probabilities out; BatchNorm in inference mode.
+inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+x = inputs
+for layer in preprocess:
+    x = layer(x)
+model = keras.Model(inputs, head(base(x, training=False)))
+model.save("model.keras")
+print("best validation balanced accuracy", round(best_score, 3))
+'''
+    return lines
+
+
+# -- diagnosis -----------------------------------------------------------------------------
+
+
+def _kept_epoch(trial: dict[str, Any]) -> dict[str, Any] | None:
+    """The history record of the epoch whose weights the trial kept."""
+    history = trial["history"]
+    if not history:
+        return None
+    best_step = trial["metrics"].get("best_step")
+    for record in history:
+        if record.get("step") == best_step:
+            return record
+    return history[-1]
+
+
+def _aggregates(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outcomes per value of each strategy field that varied across trials."""
+    out = []
+    # A trial stopped by its worker dying or by Ctrl-C says nothing about its recipe.
+    with_strategy = [t for t in trials
+                     if t["strategy"] and t["state"] in ("complete", "pruned", "failed")
+                     and t["failure_reason"] not in NOT_THE_RECIPE]
+    for key, label in AGGREGATE_KEYS:
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for t in with_strategy:
+            s = t["strategy"]
+            if key == "backbone":
+                value = f"{s['backbone']}@{s['image_size']}"
+            elif key in ("bn_mode", "gradual", "finetune_epochs") and not _fine_tunes(s):
+                continue  # meaningless when nothing is unfrozen
+            elif key == "unfreeze_blocks" and not _fine_tunes(s):
+                value = "0"
+            else:
+                value = _value_text(key, s.get(key))
+            groups[value].append(t)
+        if len(groups) < 2:
+            continue
+        rows = []
+        for value, members in sorted(groups.items(), key=lambda kv: kv[0]):
+            values = [t["value"] for t in members if t["value"] is not None]
+            reasons = Counter(t["failure_reason"] or "unknown" for t in members
+                              if t["state"] == "failed")
+            rows.append({
+                "value": value, "trials": len(members),
+                "complete": sum(t["state"] == "complete" for t in members),
+                "pruned": sum(t["state"] == "pruned" for t in members),
+                "failed": sum(t["state"] == "failed" for t in members),
+                "reasons": dict(reasons),
+                "best": max(values) if values else None,
+                "median": _median(values),
+            })
+        out.append({"key": key, "label": label, "rows": rows})
+    return out
+
+
+def _finding(severity: str, title: str, text: str, evidence: list[str] | None = None,
+             advice: str = "") -> dict[str, Any]:
+    return {"severity": severity, "title": title, "text": text, "evidence": evidence or [],
+            "advice": advice}
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _diagnose(trials: list[dict[str, Any]], best: dict[str, Any] | None,
+              aggregates: list[dict[str, Any]], n_classes: int, metric: str,
+              doctor: dict[str, Any] | None, n_val: int) -> list[dict[str, Any]]:
+    """Findings in words, most serious first, one pattern per helper below."""
+    label = METRIC_LABELS.get(metric, metric)
+    complete = [t for t in trials if t["state"] == "complete"]
+    findings: list[dict[str, Any]] = []
+    if best and best["strategy"] and best["strategy"].get("weights") == "none":
+        findings.append(_finding("warn", "No pretrained weights", _weights_text("none")[1]))
+    findings += _overfitting(complete, best)
+    if n_classes:
+        findings += _not_learning(complete, 1.0 / n_classes)
+    findings += _unstable(trials, complete)
+    findings += _imbalance(best, doctor, label)
+    findings += _choices(aggregates, label)
+    findings += _data_findings(trials, best, doctor, n_val)
+    if not any(f["severity"] == "warn" for f in findings) and complete:
+        findings.append(_finding("ok", "No problems detected",
+                                 "None of the failure patterns above showed up in the trials."))
+    order = {"warn": 0, "info": 1, "ok": 2}
+    return sorted(findings, key=lambda f: order[f["severity"]])
+
+
+def _overfitting(complete: list[dict[str, Any]],
+                 best: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A large train/validation accuracy gap at the epoch each trial kept."""
+    gaps = []
+    for t in complete:
+        kept = _kept_epoch(t)
+        if kept and _finite(kept.get("train_accuracy")) is not None and _finite(
+                kept.get("val_accuracy")) is not None:
+            gaps.append((t, kept["train_accuracy"] - kept["val_accuracy"], kept))
+    if not gaps:
+        return []
+    overfit = [(t, g, k) for t, g, k in gaps if g >= OVERFIT_GAP]
+    if not overfit:
+        worst = max(g for _, g, _ in gaps)
+        return [_finding("ok", "No over-fitting",
+                         f"The largest train/validation accuracy gap at the kept epoch is "
+                         f"{worst * 100:.0f} points (threshold {OVERFIT_GAP * 100:.0f}).")]
+    best_overfits = best is not None and any(t["number"] == best["number"] for t, _, _ in overfit)
+    return [_finding(
+        "warn" if best_overfits else "info", "Over-fitting",
+        f"{len(overfit)} of {len(gaps)} completed trials ended with training accuracy at "
+        f"least {OVERFIT_GAP * 100:.0f} points above validation accuracy"
+        + (", the recommended one among them." if best_overfits else "."),
+        [f"trial #{t['number']}: train {_pct(k['train_accuracy'])} vs val "
+         f"{_pct(k['val_accuracy'])} (gap {g * 100:.0f} points) — {t['short']}"
+         for t, g, k in sorted(overfit, key=lambda x: -x[1])[:6]],
+        "Regularise: stronger augmentation, more head dropout, fewer unfrozen blocks or "
+        "fewer epochs; more training images help most.")]
+
+
+def _not_learning(complete: list[dict[str, Any]], chance: float) -> list[dict[str, Any]]:
+    """Scores near chance, or a training loss that barely moved."""
+    flat = []
+    for t in complete:
+        score = t["metrics"].get("balanced_accuracy", t["value"])
+        near_chance = score is not None and score <= chance + CHANCE_MARGIN
+        losses = [h["train_loss"] for h in t["history"]
+                  if _finite(h.get("train_loss")) is not None]
+        barely = len(losses) >= 3 and losses[-1] > 0.95 * losses[0]
+        if not (near_chance or barely):
+            continue
+        why = []
+        if near_chance:
+            why.append(f"balanced accuracy {_pct(score)} (chance {_pct(chance)})")
+        if barely:
+            why.append(f"training loss {losses[0]:.3g} → {losses[-1]:.3g}")
+        lr = f"; head LR {t['strategy']['head_lr']:.2g}" if t["strategy"] else ""
+        flat.append(f"trial #{t['number']}: {', '.join(why)}{lr} — {t['short']}")
+    if not flat:
+        return []
+    return [_finding(
+        "warn" if len(flat) * 2 >= len(complete) else "info", "Not learning",
+        f"{len(flat)} of {len(complete)} completed trials barely learned: their score "
+        "stayed near chance or their training loss hardly fell.", flat[:8],
+        "Preprocessing is part of every tlsearch model (the backbone's own), so a "
+        "pixel-range mismatch is ruled out. Look at the learning rate (too low: flat "
+        "loss; too high: noisy loss), at the weights (random init learns slowly) and "
+        "at the labels (duplicates with conflicting labels, see data health).")]
+
+
+def _loss_trouble(t: dict[str, Any]) -> str | None:
+    """How a trial's training went unstable, in words, or None."""
+    hist = t["history"]
+    s = t["strategy"]
+    lrs = f" (head LR {s['head_lr']:.2g}, backbone LR {s['backbone_lr']:.2g})" if s else ""
+    finite = [(h.get("step"), h["train_loss"]) for h in hist
+              if _finite(h.get("train_loss")) is not None]
+    if len(finite) >= 2:
+        peak_step, peak = max(finite, key=lambda sv: sv[1])
+        low = min(v for _, v in finite)
+        if peak > LOSS_RISE * finite[0][1]:
+            return (f"trial #{t['number']}: training loss spiked to {peak:.3g} at step "
+                    f"{peak_step} (it started at {finite[0][1]:.3g}){lrs}")
+        if finite[-1][1] > LOSS_RISE * low:
+            return (f"trial #{t['number']}: training loss rose from {low:.3g} to "
+                    f"{finite[-1][1]:.3g}{lrs}")
+    for prev, cur in zip(hist, hist[1:], strict=False):
+        before, after = _finite(prev.get("val_accuracy")), _finite(cur.get("val_accuracy"))
+        if (prev.get("phase_index") != cur.get("phase_index") and cur.get("unfrozen_blocks")
+                and before is not None and after is not None and before - after >= 0.1):
+            return (f"trial #{t['number']}: validation accuracy fell {_pct(before)} → "
+                    f"{_pct(after)} when {_unfreeze_text(cur['unfrozen_blocks'])} block(s) "
+                    f"were unfrozen{lrs}")
+    return None
+
+
+def _unstable(trials: list[dict[str, Any]],
+              complete: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """NaN failures, loss spikes or rises, accuracy lost on unfreezing: LR too high."""
+    nan = [t for t in trials if t["state"] == "failed" and t["failure_reason"] == "nan_loss"]
+    rising = [msg for t in complete + nan if (msg := _loss_trouble(t))]
+    if not (nan or rising):
+        return []
+    text = []
+    if nan:
+        text.append(f"{len(nan)} trial(s) failed because the loss became NaN/infinite")
+    if rising:
+        text.append(f"{len(rising)} trial(s) had a rising loss or lost accuracy on unfreezing")
+    lrs_bad = [t["strategy"]["head_lr"] for t in nan if t["strategy"]]
+    lrs_ok = [t["strategy"]["head_lr"] for t in complete if t["strategy"]]
+    compare = ""
+    if lrs_bad and lrs_ok:
+        compare = (f" The NaN trials' median head LR is {_median(lrs_bad):.2g}, against "
+                   f"{_median(lrs_ok):.2g} for the completed ones.")
+    evidence = [f"trial #{t['number']}: {t['failure_detail'] or 'nan_loss'} — {t['short']}"
+                for t in nan[:5]] + rising[:5]
+    return [_finding(
+        "warn", "Unstable training", "; ".join(text) + "." + compare, evidence,
+        "A learning rate too high destroys pretrained features: lower the head LR, keep "
+        "the backbone LR well below it (backbone_lr_ratio), unfreeze fewer blocks or "
+        "gradually, and add warm-up epochs.")]
+
+
+def _imbalance(best: dict[str, Any] | None, doctor: dict[str, Any] | None,
+               label: str) -> list[dict[str, Any]]:
+    """Accuracy far above balanced accuracy: the majority classes carry the score."""
+    if not best or not best["metrics"]:
+        return []
+    acc = best["metrics"].get("accuracy")
+    bal = best["metrics"].get("balanced_accuracy")
+    ratio = (doctor or {}).get("imbalance_ratio")
+    if acc is None or bal is None:
+        return []
+    if acc - bal >= IMBALANCE_GAP:
+        evidence = [f"accuracy {_pct(acc)} vs balanced accuracy {_pct(bal)}"]
+        per_class = best["metrics"].get("per_class") or {}
+        worst = min(per_class.items(), key=lambda kv: kv[1].get("recall", 1.0), default=None)
+        if worst:
+            evidence.append(f"lowest recall: class '{display(worst[0])}' at "
+                            f"{_pct(worst[1].get('recall'))} "
+                            f"({worst[1].get('support')} validation images)")
+        if ratio:
+            evidence.append(f"imbalance ratio {ratio:.1f}:1 (largest to smallest class)")
+        return [_finding(
+            "warn", "Imbalance symptoms",
+            f"The recommended trial's accuracy is {100 * (acc - bal):.0f} points above its "
+            "balanced accuracy: the large classes carry the score, small ones are missed.",
+            evidence,
+            f"Judge by balanced accuracy or macro F1 (the objective here is {label}); "
+            "search the imbalance remedies (class_weight, oversample, focal); collect "
+            "more images of the weak classes.")]
+    if ratio and ratio >= 1.5:
+        return [_finding(
+            "ok", "Imbalance handled",
+            f"The classes are imbalanced ({ratio:.1f}:1), yet the recommended trial's "
+            f"accuracy ({_pct(acc)}) and balanced accuracy ({_pct(bal)}) agree.")]
+    return []
+
+
+def _choices(aggregates: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    """Which BN modes, unfreeze depths (and other choices) failed or trailed, and how."""
+    findings = []
+    for agg in aggregates:
+        rows = agg["rows"]
+        medians = [r["median"] for r in rows if r["median"] is not None]
+        top = max(medians) if medians else None
+        for r in rows:
+            # A value fails "often" when most of its trials failed and the other values'
+            # trials failed less: when everything fails, no single value is to blame.
+            others = [o for o in rows if o is not r]
+            others_rate = (sum(o["failed"] for o in others)
+                           / max(1, sum(o["trials"] for o in others)))
+            bad_failures = (r["failed"] * 2 >= r["trials"] > 0
+                            and r["failed"] / r["trials"] > others_rate)
+            behind = (top is not None and r["median"] is not None and top - r["median"] >= 0.1
+                      and r["complete"] >= 1)
+            if not (bad_failures or behind):
+                continue
+            words = []
+            if r["failed"]:
+                reasons = ", ".join(f"{k} ×{v}" for k, v in r["reasons"].items())
+                words.append(f"{r['failed']} of {r['trials']} trials failed ({reasons})")
+            if r["pruned"]:
+                words.append(f"{r['pruned']} pruned")
+            if behind:
+                words.append(f"median {label} {_pct(r['median'])} vs {_pct(top)} for the best "
+                             f"{agg['label']} value")
+            name = f"{agg['label'][0].upper()}{agg['label'][1:]} '{r['value']}'"
+            findings.append(_finding(
+                "warn" if bad_failures else "info",
+                f"{name} failed often" if bad_failures else f"{name} trailed",
+                "; ".join(words) + "."))
+    return findings
+
+
+def _data_findings(trials: list[dict[str, Any]], best: dict[str, Any] | None,
+                   doctor: dict[str, Any] | None, n_val: int) -> list[dict[str, Any]]:
+    """Pruning, leakage, conflicting labels and a validation set too small to separate."""
+    findings = []
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    if pruned:
+        steps = [max(t["intermediate"]) for t in pruned if t["intermediate"]]
+        findings.append(_finding(
+            "info", "Pruned trials",
+            f"{len(pruned)} trial(s) were stopped early by the pruner"
+            + (f" (median at step {statistics.median(steps):.0f})" if steps else "")
+            + ": their recipe scored below the others at the same point."))
+    if doctor and doctor.get("leaked_val"):
+        findings.append(_finding(
+            "warn", "Leakage",
+            f"{doctor['leaked_val']} validation image(s) duplicate training images: the "
+            "validation scores here are optimistic."))
+    if doctor and doctor.get("conflicting_labels"):
+        findings.append(_finding(
+            "warn", "Conflicting labels",
+            f"{doctor['conflicting_labels']} group(s) of duplicate images carry different "
+            "labels; no model can be right on both."))
+    if best is not None and n_val and n_val < SMALL_VAL:
+        findings.append(_finding(
+            "info", "Small validation set",
+            f"Only {n_val} validation images: one image moves accuracy by "
+            f"{100 / n_val:.1f} points, so close trials cannot be told apart (see the interval "
+            "on the recommendation)."))
+    return findings
+
+
+# -- the best model up close ------------------------------------------------------------------
+
+
+def _thumbnail(path: Path) -> str | None:
+    from PIL import Image
+
+    from tlsearch.data import DecodeError, decode_image
+
+    try:
+        pixels = decode_image(path, THUMBNAIL_SIZE)
+    except (DecodeError, OSError):
+        return None
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _best_model(best: dict[str, Any], probs: np.ndarray | None, split: Any, data_dir: Path,
+                classes: list[str], metric: str) -> dict[str, Any]:
+    m = best["metrics"]
+    per_class = [
+        {"name": display(name), "precision": v.get("precision"), "recall": v.get("recall"),
+         "f1": v.get("f1"), "support": v.get("support")}
+        for name, v in (m.get("per_class") or {}).items()
+    ]
+    matrix = m.get("confusion_matrix")
+    names = [display(c) for c in classes]
+    pairs = []
+    if matrix and len(matrix) == len(names):
+        cm = np.asarray(matrix)
+        support = cm.sum(axis=1)
+        for i in range(len(cm)):
+            for j in range(len(cm)):
+                if i != j and cm[i, j]:
+                    pairs.append({"true": names[i], "pred": names[j], "count": int(cm[i, j]),
+                                  "share": float(cm[i, j] / support[i]) if support[i] else None})
+        pairs.sort(key=lambda p: (-p["count"], -(p["share"] or 0)))
+    out: dict[str, Any] = {"per_class": per_class, "classes": names,
+                           "confusion": matrix if matrix and len(matrix) == len(names) else None,
+                           "pairs": pairs[:8], "gallery": [], "gallery_note": None,
+                           "misclassified": None, "gallery_more": 0}
+    if probs is None or split is None:
+        out["gallery_note"] = "No validation predictions were saved with this trial."
+        return out
+    paths, labels = split.paths("val"), split.labels("val")
+    if len(paths) != len(probs) or probs.shape[1] != len(classes):
+        out["gallery_note"] = ("The saved validation predictions do not match the split "
+                               f"({len(probs)} rows, {len(paths)} validation images).")
+        return out
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != labels)
+    out["misclassified"] = int(len(wrong))
+    order = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
+    missing = 0
+    for i in order[:GALLERY_LIMIT]:
+        thumb = _thumbnail(data_dir / paths[i])
+        missing += thumb is None
+        out["gallery"].append({
+            "path": display(paths[i]), "true": names[labels[i]], "pred": names[pred[i]],
+            "confidence": float(probs[i, pred[i]]),
+            "true_prob": float(probs[i, labels[i]]), "png": thumb,
+        })
+    if not len(wrong):
+        out["gallery_note"] = "Every validation image was classified correctly."
+    elif missing:
+        out["gallery_note"] = (f"{missing} image(s) could not be read from {display(data_dir)} "
+                               "(moved or deleted since the search).")
+    if len(wrong) > GALLERY_LIMIT:
+        out["gallery_more"] = int(len(wrong) - GALLERY_LIMIT)
+    return out
+
+
+# -- health --------------------------------------------------------------------------------
+
+
+def _doctor(data_dir: Path, config: Any) -> tuple[dict[str, Any] | None, str | None]:
+    from tlsearch.doctor import diagnose
+
+    if not data_dir.is_dir():
+        return None, f"The data folder {display(data_dir)} is not available; no data diagnosis."
+    report = diagnose(data_dir, val_fraction=config.val_fraction,
+                      test_fraction=config.test_fraction, seed=config.seed)
+    d = report.to_dict()
+    dups = report.duplicates
+    return {
+        "usable": report.usable, "problem": display(report.problem) if report.problem else None,
+        "layout": report.layout, "accepted": report.accepted,
+        "classes": [{"label": display(c.label), "train": c.train, "val": c.val, "test": c.test,
+                     "total": c.total} for c in report.classes],
+        "max_class": max((c.total for c in report.classes), default=0),
+        "imbalance_ratio": report.imbalance_ratio,
+        "small_classes": [display(c) for c in report.small_classes],
+        "empty_classes": [display(c) for c in report.empty_classes],
+        "skipped": [{"reason": g.reason, "explanation": g.explanation, "count": len(g.files),
+                     "examples": [display(f.path) for f in g.files[:3]]} for g in report.skipped],
+        "skipped_count": report.skipped_count,
+        "ignored": len(report.ignored),
+        "exact_duplicates": sum(1 for g in dups if g.kind == "exact"),
+        "near_duplicates": sum(1 for g in dups if g.kind == "near"),
+        "leaked_val": report.leaked_val, "leaked_test": report.leaked_test,
+        "conflicting_labels": report.conflicting_labels,
+        "recommendations": [display(r) for r in report.recommendations],
+        "modes": d.get("modes", []), "notes": d.get("notes", []),
+    }, None
+
+
+def _search_health(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = Counter(t["state"] for t in trials)
+    failures = defaultdict(list)
+    for t in trials:
+        if t["state"] == "failed":
+            failures[t["failure_reason"] or "unknown"].append(t)
+    by_number = {t["number"]: t for t in trials}
+    recovered = []
+    for t in trials:
+        if t["retry_of"] is not None:
+            original = by_number.get(t["retry_of"])
+            recovered.append({
+                "number": t["number"], "retry_of": t["retry_of"], "state": t["state"],
+                "reason": (original or {}).get("failure_reason") or "unknown",
+                "resumed_from_step": t["resumed_from_step"] or 0,
+            })
+    hits = sum(int((t["cache"] or {}).get("hits", 0)) for t in trials)
+    misses = sum(int((t["cache"] or {}).get("misses", 0)) for t in trials)
+    return {
+        "counts": dict(sorted(counts.items())), "total": len(trials),
+        "failures": [{"reason": r, "count": len(ts), "trials": [t["number"] for t in ts],
+                      "detail": display(ts[0]["failure_detail"])[:300]}
+                     for r, ts in sorted(failures.items(), key=lambda kv: -len(kv[1]))],
+        "recovered": recovered,
+        "cache_hits": hits, "cache_misses": misses,
+        "cached_trials": sum(1 for t in trials if t["cached"]),
+        "without_result": [t["number"] for t in trials if not t["has_result"]
+                           and t["state"] in ("complete", "failed", "pruned")],
+        "running": [t["number"] for t in trials if t["state"] == "running"],
+    }
+
+
+# -- the whole context ----------------------------------------------------------------------
+
+
+def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) -> dict[str, Any]:
+    """Everything the report shows, as plain data.
+
+    Args:
+        study_dir: the study folder (`studies/<name>`).
+        top: how many trials the leaderboard and the learning curves show.
+        with_doctor: run the dataset doctor on the study's data folder.
+
+    Raises:
+        SearchError: the folder holds no study.
+    """
+    from tlsearch import __version__
+    from tlsearch.backbones import UnknownBackboneError, get_spec
+
+    loaded = _load(study_dir)
+    handle, trials, notes = loaded.handle, loaded.trials, loaded.notes
+    config = handle.config
+    metric = handle.study.user_attrs.get("metric") or config.metric or "balanced_accuracy"
+    split = loaded.split
+    classes = list(split.classes) if split else []
+    labels = split.labels("val") if split else None
+    n_val = len(labels) if labels is not None else 0
+
+    complete = sorted((t for t in trials if t["state"] == "complete" and t["value"] is not None),
+                      key=lambda t: (-t["value"], t["number"]))
+    best = complete[0] if complete else None
+    for rank, t in enumerate(complete, start=1):
+        t["rank"] = rank
+
+    def spec_of(s: dict[str, Any] | None) -> Any:
+        try:
+            return get_spec(s["backbone"]) if s else None
+        except UnknownBackboneError:
+            return None
+
+    doctor, doctor_note = (None, None)
+    if with_doctor:
+        try:
+            doctor, doctor_note = _doctor(Path(config.data_dir), config)
+        except Exception as exc:  # the diagnosis is a section, never a reason to fail
+            doctor_note = f"The data diagnosis failed: {display(exc)}"
+
+    recommendation = None
+    if best is not None:
+        s = best["strategy"] or {}
+        spec = spec_of(s)
+        ci = None
+        probs = loaded.probs.get(best["number"])
+        ci_note = None
+        if probs is not None and labels is not None and len(probs) == len(labels) and len(labels):
+            if metric in METRIC_LABELS:
+                value, low, high = bootstrap_interval(labels, probs, metric)
+                ci = {"low": low, "high": high, "value": value}
+            else:
+                ci_note = f"no interval for metric {metric}"
+        else:
+            ci_note = "no saved validation predictions, so no interval"
+        within = [t["number"] for t in complete[1:]
+                  if ci is not None and t["value"] >= ci["low"]]
+        weights_text, weights_warning = _weights_text(s.get("weights", "imagenet"))
+        recommendation = {
+            "trial": best["number"], "value": best["value"], "ci": ci, "ci_note": ci_note,
+            "n_val": n_val, "resamples": BOOTSTRAP_RESAMPLES,
+            "within_interval": within,
+            "describe": _describe(s),
+            "rows": _recipe_rows(s, spec, best["params_total"]) if s else [],
+            "weights": s.get("weights"), "weights_text": weights_text,
+            "weights_warning": weights_warning,
+            "metrics": {METRIC_LABELS[k]: best["metrics"].get(k) for k in METRIC_LABELS
+                        if best["metrics"].get(k) is not None and k != metric},
+            "latency_ms": best["latency_ms"], "seconds": best["seconds"],
+            "export_command": f"tlsearch export {config.study} --out exported/{config.study}",
+            "snippet": keras_snippet(s, spec, data_dir=str(config.data_dir),
+                                     val_fraction=config.val_fraction, trial=best["number"],
+                                     study=config.study) if s else "",
+            "strategy_json": json.dumps(s, indent=2, sort_keys=True),
+        }
+
+    aggregates = _aggregates(trials)
+    searched = {}
+    for t in trials:
+        for name, dist in t["distributions"].items():
+            searched.setdefault(name, dist)
+    importance = _importance(handle.study, complete, searched)
+    leaderboard = [_board_row(t) for t in complete[:max(top, 1)]]
+    cost_points = [(t["number"], t["value"], t["seconds"]) for t in complete
+                   if t["seconds"] is not None]
+    latency_points = [(t["number"], t["value"], t["latency_ms"]) for t in complete
+                      if t["latency_ms"] is not None]
+    context = {
+        "study": config.study,
+        "study_dir": str(study_dir),
+        "generated": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "version": __version__,
+        "metric": metric,
+        "metric_label": METRIC_LABELS.get(metric, metric),
+        "config": {"data_dir": display(config.data_dir), "space": display(config.space),
+                   "weights": display(config.weights), "pruner": config.pruner,
+                   "trials": config.trials, "seed": config.seed,
+                   "val_fraction": config.val_fraction, "storage": config.storage},
+        "classes": [display(c) for c in classes],
+        "n_classes": len(classes),
+        "n_val": n_val,
+        "n_train": len(split.train) if split else 0,
+        "trials": trials,
+        "complete": complete,
+        "best": best,
+        "recommendation": recommendation,
+        "leaderboard": leaderboard,
+        "top": top,
+        "curves": [t for t in complete[:max(top, 1)] if t["history"]],
+        "importance": importance,
+        "searched": searched,
+        "aggregates": aggregates,
+        "doctor": doctor,
+        "doctor_note": doctor_note,
+        "search": _search_health(trials),
+        "cost": {"time": cost_points, "latency": latency_points,
+                 "time_front": pareto_front(cost_points),
+                 "latency_front": pareto_front(latency_points),
+                 "summary": _cost_summary(complete)},
+        "notes": notes,
+    }
+    context["findings"] = _diagnose(trials, best, aggregates, len(classes), metric, doctor, n_val)
+    context["best_model"] = (_best_model(best, loaded.probs.get(best["number"]), split,
+                                         Path(config.data_dir), classes, metric)
+                             if best is not None else None)
+    return context
+
+
+def _describe(s: dict[str, Any]) -> str:
+    from tlsearch.strategy import Strategy, StrategyError
+
+    try:
+        return Strategy.from_dict(s).describe()
+    except (StrategyError, TypeError):
+        return _short(s)
+
+
+def _board_row(t: dict[str, Any]) -> dict[str, Any]:
+    s = t["strategy"] or {}
+    return {
+        "rank": t.get("rank"), "number": t["number"], "value": t["value"],
+        "accuracy": t["metrics"].get("accuracy"),
+        "balanced_accuracy": t["metrics"].get("balanced_accuracy"),
+        "macro_f1": t["metrics"].get("macro_f1"),
+        "backbone": f"{s.get('backbone')}@{s.get('image_size')}" if s else "?",
+        "unfreeze": ("0" if not _fine_tunes(s) else _unfreeze_text(s["unfreeze_blocks"])
+                     + (" (gradual)" if s.get("gradual") else "")) if s else "?",
+        "bn_mode": s.get("bn_mode") if s and _fine_tunes(s) else "—",
+        "head_lr": s.get("head_lr"),
+        "backbone_lr": s.get("backbone_lr") if s and _fine_tunes(s) else None,
+        "augmentation": s.get("augmentation"), "imbalance": s.get("imbalance"),
+        "epochs": (s["head_epochs"] + (s["finetune_epochs"] if _fine_tunes(s) else 0))
+        if s else None,
+        "seconds": t["seconds"], "latency_ms": t["latency_ms"],
+        "retry_of": t["retry_of"],
+    }
+
+
+def _importance(study: Any, complete: list[dict[str, Any]],
+                searched: dict[str, Any]) -> dict[str, Any]:
+    """Optuna's parameter importances, or a note saying why there are none."""
+    varying = [name for name in searched
+               if len({json.dumps(t["params"].get(name), default=str) for t in complete
+                       if name in t["params"]}) > 1]
+    if len(complete) < 2:
+        return {"values": [], "note": "Parameter importance needs at least two completed "
+                                      f"trials; this study has {len(complete)}."}
+    if not varying:
+        return {"values": [], "note": "No searched parameter varied across the completed trials, "
+                                      "so there is nothing to rank."}
+    import warnings
+
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(study, params=varying)
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        return {"values": [], "note": f"Optuna could not rank the parameters ({exc})."}
+    note = None
+    if len(complete) < 10:
+        note = (f"Only {len(complete)} completed trials: read the ranking as a hint, "
+                "not a measurement.")
+    return {"values": [(k, float(v)) for k, v in values.items()], "note": note,
+            "evaluator": "PED-ANOVA (Optuna's default)"}
+
+
+def _cost_summary(complete: list[dict[str, Any]]) -> str | None:
+    if len(complete) < 2:
+        return None
+    best = complete[0]
+    near = [t for t in complete if t["value"] >= best["value"] - 0.01]
+    timed = [t for t in near if t["latency_ms"] is not None]
+    if not timed:
+        return None
+    fastest = min(timed, key=lambda t: t["latency_ms"])
+    if fastest["number"] == best["number"]:
+        return (f"The recommended trial is also the fastest at prediction among those within "
+                f"1 point of it ({fastest['latency_ms']:.1f} ms per image on CPU).")
+    return (f"Trial #{fastest['number']} scores within 1 point of the best and predicts in "
+            f"{fastest['latency_ms']:.1f} ms per image on CPU (the best: "
+            f"{best['latency_ms']:.1f} ms); prefer it where speed matters.")
