@@ -333,6 +333,12 @@ def _resolve_weights(handle: StudyHandle, weights: str,
             chosen[name] = resolved
             notify(f"{name}: using {'ImageNet' if resolved == 'imagenet' else 'bundled'} "
                    f"weights ({resolved})")
+    if weights == "auto" and not chosen:
+        # Nothing pretrained is reachable: run on random weights rather than not at all,
+        # and say loudly that the recommendation will mean little.
+        notify("no pretrained weights are available for any backbone in the space: falling "
+               "back to random initialisation (--weights none); expect near-chance scores")
+        chosen = {name: "none" for name, _ in handle.space.backbones}
     return chosen
 
 
