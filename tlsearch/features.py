@@ -61,6 +61,7 @@ class FeatureCache:
         self.root = Path(root) / "features"
         self.root.mkdir(parents=True, exist_ok=True)
         self.stats = CacheStats()
+        self._verified: set[tuple] = set()
 
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return self.root / f"{key}.npy", self.root / f"{key}.json", self.root / f"{key}.lock"
@@ -76,14 +77,22 @@ class FeatureCache:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def load(self, key: str) -> np.ndarray | None:
-        """The entry as a read-only memory map, or None if missing or not intact."""
+        """The entry as a read-only memory map, or None if missing or not intact.
+
+        The checksum is verified once per process for a given file (same inode, size
+        and mtime); a file replaced or edited since is verified again.
+        """
         data_path, meta_path, _ = self._paths(key)
         if not (data_path.is_file() and meta_path.is_file()):
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            if _sha256_file(data_path) != meta["sha256"]:
-                return None
+            st = data_path.stat()
+            stamp = (str(data_path), st.st_ino, st.st_size, st.st_mtime_ns, meta["sha256"])
+            if stamp not in self._verified:
+                if _sha256_file(data_path) != meta["sha256"]:
+                    return None
+                self._verified.add(stamp)
             array = np.load(data_path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, KeyError):
             return None

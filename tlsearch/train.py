@@ -647,9 +647,21 @@ def _predict_images(model: Any, images: np.ndarray, batch: int = EVAL_BATCH) -> 
     return np.concatenate(out).astype(np.float64)
 
 
+_LATENCY_MEMO: dict[tuple, float] = {}
+
+
 def _latency_ms(model: Any, strategy: Strategy, repeats: int = 10) -> float:
-    """Median batch-1 CPU latency of the deployable model, after one warm-up call."""
+    """Median batch-1 CPU latency of the deployable model, after one warm-up call.
+
+    Latency depends on the architecture, not the trained values, so it is measured
+    once per (backbone, size, head shape) in a process.
+    """
     import tensorflow as tf
+
+    key = (strategy.backbone, strategy.image_size, strategy.head_hidden_units,
+           strategy.augmentation, model.count_params())
+    if key in _LATENCY_MEMO:
+        return _LATENCY_MEMO[key]
 
     fn = tf.function(lambda x: model(x, training=False))
     x = tf.zeros((1, strategy.image_size, strategy.image_size, 3))
@@ -659,7 +671,8 @@ def _latency_ms(model: Any, strategy: Strategy, repeats: int = 10) -> float:
         t0 = time.perf_counter()
         fn(x)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    _LATENCY_MEMO[key] = float(np.median(times) * 1000)
+    return _LATENCY_MEMO[key]
 
 
 def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = None, *,
