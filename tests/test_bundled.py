@@ -6,17 +6,21 @@ import hashlib
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from tlsearch import bundled
 
 BACKBONE = "mobilenet_v3_small"
 
-# Measured by the committed run (see the provenance JSON), with slack: the linear probe
-# on the demo digits scores BUNDLED_RAW with the bundled weights and 0.10 (chance) with
-# random init, on the raw features a trained head sees.
+# Measured by the committed run (see the provenance JSON), with slack: on the raw pooled
+# features a trained head sees, the linear probe on the demo digits scores 0.726 with the
+# bundled weights and 0.100 (chance) with random init, a margin of 0.626. Standardized,
+# random init scores 0.885 (its features are a near-linear map of the pixels, which
+# score 0.876) against 0.785 for the bundled weights; that comparison is not asserted.
 MIN_BUNDLED = 0.5
 MIN_MARGIN_RAW = 0.25
 
@@ -88,24 +92,52 @@ def test_source_photos_load_offline_and_crops_are_deterministic():
     assert labels.min() >= 0 and labels.max() < len(images) * GRID * GRID
 
 
-def test_bundled_weights_load_and_differ_from_random_init(weights_path):
+@pytest.fixture(scope="module")
+def backbones(weights_path):
     from tlsearch.backbones import build_backbone, get_spec
 
     spec = get_spec(BACKBONE)
+    return {"bundled": build_backbone(spec, 64, str(weights_path)),
+            "random": build_backbone(spec, 64, "none", seed=0)}
+
+
+def test_bundled_weights_load_and_differ_from_random_init(backbones):
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    loaded = np.asarray(build_backbone(spec, 64, str(weights_path))(x, training=False))
-    random = np.asarray(build_backbone(spec, 64, "none", seed=0)(x, training=False))
+    loaded = np.asarray(backbones["bundled"](x, training=False))
+    random = np.asarray(backbones["random"](x, training=False))
     assert np.isfinite(loaded).all()
     assert not np.allclose(loaded, random)
     # Random init shrinks activations to ~1e-10; trained weights keep them usable.
     assert np.abs(loaded).mean() > 1e-3 > np.abs(random).mean()
 
 
+def test_bundled_features_separate_the_demo_digits(backbones, demo_dir):
+    """The cheap version of the transfer test: same data, split and features, but a
+    logistic regression stopped at 200 iterations (the full protocol is slow-marked)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    from tlsearch.pretrain import _demo_arrays, _features
+
+    x_train, y_train, x_val, y_val = _demo_arrays(64, demo_dir)
+    scores = {}
+    for name, backbone in backbones.items():
+        probe = LogisticRegression(max_iter=200)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            probe.fit(_features(backbone, x_train), y_train)
+        scores[name] = balanced_accuracy_score(y_val, probe.predict(_features(backbone, x_val)))
+    assert scores["random"] < 0.2
+    assert scores["bundled"] >= MIN_BUNDLED
+    assert scores["bundled"] >= scores["random"] + MIN_MARGIN_RAW
+
+
+@pytest.mark.slow
 def test_bundled_weights_transfer_to_the_demo_digits(weights_path, demo_dir):
     """Real transfer: the frozen bundled backbone beats the same one randomly initialised.
 
-    Measured on the raw pooled features, which is what a classification head trained
-    on a frozen backbone sees (the issue's measurement).
+    The full `linear_probe_score` protocol on the raw pooled features, which is what a
+    classification head trained on a frozen backbone sees (the issue's measurement).
     """
     from tlsearch.pretrain import linear_probe_score
 
