@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_colour_dataset
+from tests.test_study import TINY_SPACE as STUDY_SPACE
 from tlsearch.report import build_report
 from tlsearch.report.context import (
     bootstrap_interval,
@@ -22,17 +23,7 @@ from tlsearch.report.context import (
 from tlsearch.report.plots import script_json
 from tlsearch.study import SearchConfig, open_study, run_search
 
-TINY_SPACE = """\
-name: tiny
-backbones:
-  tiny_cnn: [32]
-unfreeze_blocks: [0, 1]
-head_epochs: 2
-finetune_epochs: 1
-head_lr: {low: 1.0e-3, high: 3.0e-2, log: true}
-batch_size: 16
-head_dropout: 0.0
-"""
+TINY_SPACE = STUDY_SPACE.format(head_epochs=2, finetune_epochs=1)
 
 HOSTILE = {
     "<img src=x onerror=alert(1)>": 12,

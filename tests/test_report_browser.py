@@ -8,20 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_colour_dataset
+from tests.test_study import TINY_SPACE
 from tlsearch.report import build_report
 from tlsearch.study import SearchConfig, run_search
 
 CHROMIUM = Path("/usr/bin/chromium")
-SPACE = """\
-name: tiny
-backbones:
-  tiny_cnn: [32]
-unfreeze_blocks: [0, 1]
-head_epochs: 2
-finetune_epochs: 1
-head_lr: {low: 1.0e-3, high: 3.0e-2, log: true}
-batch_size: 16
-"""
+SPACE = TINY_SPACE.format(head_epochs=2, finetune_epochs=1)
 
 
 def _chromium(tmp_path: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
