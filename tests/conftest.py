@@ -43,3 +43,18 @@ def trial_data(colour_data, tmp_path):
     index = scan(colour_data)
     split = make_split(index, val_fraction=0.3, seed=0)
     return TrialData.from_split(colour_data, split, tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """URL of a real PostgreSQL server started for this test session on loopback."""
+    from tests.postgres import postgres_server, server_bindir
+
+    if server_bindir() is None:
+        pytest.skip("PostgreSQL is not installed here (.ci/run installs Debian's postgresql)")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg2 is not installed (pip install -e '.[dev]')")
+    with postgres_server() as url:
+        yield url

@@ -161,6 +161,10 @@ def search(
                                                 help="Validation share (flat layout).")] = 0.2,
     force: Annotated[bool, typer.Option(help="Continue even if the dataset or space "
                                         "changed since the study started.")] = False,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Worker processes on this machine, sharing the study (and the CPU). "
+                    "Run the same command on other machines with a shared --storage "
+                    "to add theirs.")] = 1,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.study import SearchConfig
@@ -173,7 +177,7 @@ def search(
         metric=metric.value if metric else None, weights=weights, seed=seed,
         cache_dir=str(cache_dir) if cache_dir else None, pruner=pruner.value,
         val_fraction=val_fraction, force=force)
-    _run(config)
+    _run(config, workers)
 
 
 @app.command()
@@ -181,6 +185,7 @@ def resume(
     study: Annotated[str, typer.Argument(help="Name of the study to continue.")],
     out: Annotated[Path, typer.Option(help="Folder that holds study folders.")] = Path("studies"),
     trials: Annotated[int | None, typer.Option(min=1, help="New total of finished trials.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
 ) -> None:
     """Continue a study with the settings it was started with."""
     import dataclasses
@@ -192,7 +197,7 @@ def resume(
     except SearchError as exc:
         raise fail(str(exc)) from None
     config = dataclasses.replace(config, out=str(out), **({"trials": trials} if trials else {}))
-    _run(config)
+    _run(config, workers)
 
 
 def _write_report(config) -> None:
@@ -221,7 +226,7 @@ def _quiet_libraries() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _run(config) -> None:
+def _run(config, workers: int = 1) -> None:
     from tlsearch.progress import SearchProgress
     from tlsearch.space import SpaceError
     from tlsearch.study import SearchError, run_search
@@ -230,7 +235,12 @@ def _run(config) -> None:
     progress = SearchProgress(console, total=config.trials)
     try:
         with progress:
-            outcome = run_search(config, on_event=progress.event)
+            if workers > 1:
+                from tlsearch.workers import run_workers
+
+                outcome = run_workers(config, workers, on_event=progress.event)
+            else:
+                outcome = run_search(config, on_event=progress.event)
     except (SearchError, SpaceError) as exc:
         raise fail(str(exc)) from None
     progress.summary(outcome, config)

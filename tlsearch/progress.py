@@ -65,7 +65,8 @@ class SearchProgress:
             self.progress.update(self.task, completed=info["finished"],
                                  description=self._describe())
             retry = f" (retry of #{info['retry_of']})" if info.get("retry_of") is not None else ""
-            print_(f"[dim]trial #{info['number']}{retry}: {escape(s.describe())}[/]")
+            who = f"worker {info['worker']}: " if "worker" in info else ""
+            print_(f"[dim]{who}trial #{info['number']}{retry}: {escape(s.describe())}[/]")
         elif kind == "epoch":
             self.current = f"#{info['trial']} step {info['step']} = {info['value']:.3f}"
             self.progress.update(self.task, description=self._describe())

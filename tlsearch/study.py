@@ -10,13 +10,17 @@ checkpoint, and a changed dataset or space is refused unless forced.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import socket
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ __all__ = [
     "default_cache_dir",
     "load_config",
     "open_study",
+    "prepare_split",
     "run_search",
     "study_summary",
 ]
@@ -87,6 +92,13 @@ class SearchConfig:
         data["overrides"] = list(self.overrides)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["overrides"] = tuple(values.get("overrides", ()))
+        return cls(**values)
+
 
 def load_config(study_dir: Path) -> SearchConfig:
     path = Path(study_dir) / CONFIG_FILE
@@ -94,8 +106,7 @@ def load_config(study_dir: Path) -> SearchConfig:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise SearchError(f"no study at {study_dir} ({CONFIG_FILE} unreadable: {exc})") from None
-    data["overrides"] = tuple(data.get("overrides", ()))
-    return SearchConfig(**data)
+    return SearchConfig.from_dict(data)
 
 
 # -- storage ---------------------------------------------------------------------------
@@ -115,7 +126,8 @@ def make_storage(url: str | None, study_dir: Path):
         raise SearchError(f"unknown storage {url!r}: use a path ending in .log, sqlite:///FILE, "
                           "postgresql://... or mysql://...")
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        # Liveness is our own heartbeat (see `_Heartbeat`), the same for every storage.
+        return optuna.storages.RDBStorage(url)
     except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SearchError(f"cannot open storage {url}: {first}") from None
@@ -153,6 +165,7 @@ class StudyHandle:
     config: SearchConfig
     study: Any
     space: Any
+    storage: Any = None
 
     @property
     def dir(self) -> Path:
@@ -196,7 +209,7 @@ def open_study(config: SearchConfig, *, create: bool = True) -> StudyHandle:
     config_path = study_dir / CONFIG_FILE
     _write_json(config_path, dict(config.to_dict(), metric=metric))
     _write_json(study_dir / SPACE_FILE, space.to_dict())
-    return StudyHandle(config=config, study=study, space=space)
+    return StudyHandle(config=config, study=study, space=space, storage=storage)
 
 
 def _max_steps(space: Any) -> int:
@@ -230,7 +243,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed child that its parent has not reaped yet is a zombie: dead
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def recover_stale_trials(handle: StudyHandle, *, stale_after: float) -> list[int]:
@@ -248,12 +265,16 @@ def recover_stale_trials(handle: StudyHandle, *, stale_after: float) -> list[int
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker") or {}
-        beat = handle.trial_dir(trial.number) / "heartbeat"
+        # The freshest sign of life: the heartbeat in the storage (seen from every
+        # machine), the local heartbeat file, or the trial's start.
+        beats = [float(trial.user_attrs.get("heartbeat") or 0.0)]
+        if trial.datetime_start:
+            beats.append(trial.datetime_start.timestamp())
         try:
-            age = time.time() - beat.stat().st_mtime
+            beats.append((handle.trial_dir(trial.number) / "heartbeat").stat().st_mtime)
         except OSError:
-            age = time.time() - (trial.datetime_start.timestamp() if trial.datetime_start
-                                 else time.time())
+            pass
+        age = time.time() - max(beats)
         same_host_dead = worker.get("host") == host and not _pid_alive(int(worker.get("pid", 0)))
         if not (same_host_dead or age > stale_after):
             continue
@@ -268,11 +289,15 @@ def recover_stale_trials(handle: StudyHandle, *, stale_after: float) -> list[int
 
 
 def _enqueue_retry(handle: StudyHandle, trial: Any) -> None:
+    # The checkpoint is only here when the dead worker ran on this machine or the study
+    # folder is shared; otherwise the retry starts from scratch, and says so.
     ckpt = handle.trial_dir(trial.number) / "checkpoint"
+    has_ckpt = (ckpt / "latest.json").exists()
     attrs = {
         "retry_of": trial.number,
         "strategy": trial.user_attrs.get("strategy"),
-        "resume_from": str(ckpt) if (ckpt / "latest.json").exists() else None,
+        "resume_from": str(ckpt) if has_ckpt else None,
+        "retry_mode": "checkpoint" if has_ckpt else "scratch",
         "baseline": trial.user_attrs.get("baseline"),
     }
     handle.study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
@@ -290,13 +315,44 @@ class SearchOutcome:
     study_dir: Path | None = None
 
 
+class _Heartbeat:
+    """Proof of life for a running trial, beaten from a thread so that a long epoch or
+    a long prefix pass is not mistaken for a dead worker: touches the trial's local
+    file and writes the time into the storage, where workers on other machines see it."""
+
+    def __init__(self, trial: Any, path: Path, interval: float) -> None:
+        self.trial, self.path, self.interval = trial, path, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tlsearch-heartbeat",
+                                        daemon=True)
+
+    def beat(self) -> None:
+        self.path.touch()
+        try:
+            self.trial.set_user_attr("heartbeat", time.time())
+        except Exception:  # a finished trial or a storage hiccup: the next beat retries
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def __enter__(self) -> _Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class _OptunaReporter:
-    def __init__(self, trial: Any, heartbeat: Path, on_epoch: Callable[[dict], None] | None):
-        self.trial, self.heartbeat, self.on_epoch = trial, heartbeat, on_epoch
+    def __init__(self, trial: Any, on_epoch: Callable[[dict], None] | None):
+        self.trial, self.on_epoch = trial, on_epoch
 
     def report(self, value: float, step: int) -> None:
         self.trial.report(value, step)
-        self.heartbeat.touch()
         if self.on_epoch:
             self.on_epoch({"trial": self.trial.number, "step": step, "value": value})
 
@@ -304,13 +360,58 @@ class _OptunaReporter:
         return self.trial.should_prune()
 
 
-def _finished_count(study: Any) -> int:
+@contextmanager
+def _admission(handle: StudyHandle) -> Iterator[None]:
+    """Serialise "is there room for one more trial? then ask" across workers.
+
+    Without it two workers can both see room for the last trial and both start one.
+    Local workers share a file lock in the study folder; workers on other machines
+    share the database's own advisory lock (PostgreSQL, MySQL).
+    """
+    with open(handle.dir / ".admission.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            engine = getattr(handle.storage, "engine", None)
+            dialect = engine.dialect.name if engine is not None else ""
+            if dialect not in ("postgresql", "mysql"):
+                yield
+                return
+            from sqlalchemy import text
+
+            key = zlib.crc32(f"tlsearch:{handle.config.study}".encode()) & 0x7FFFFFFF
+            if dialect == "postgresql":
+                lock, unlock = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"
+                params: dict[str, Any] = {"k": key}
+            else:
+                lock, unlock = "SELECT GET_LOCK(:k, 600)", "SELECT RELEASE_LOCK(:k)"
+                params = {"k": f"tlsearch-{key}"}
+            with engine.connect() as conn:
+                conn.execute(text(lock), params)
+                try:
+                    yield
+                finally:
+                    conn.execute(text(unlock), params)
+                    conn.commit()
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _finished_count(study: Any, *, with_running: bool = False) -> int:
+    """Trials that count towards `--trials`: finished ones (a failure that is being
+    retried counts once, through its retry), plus running ones if asked.
+
+    One snapshot of the storage: two separate reads would miss a trial that another
+    worker finishes in between, and let one trial too many start.
+    """
     from optuna.trial import TrialState
 
-    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    counted = (TrialState.COMPLETE, TrialState.PRUNED) + (
+        (TrialState.RUNNING,) if with_running else ())
     return sum(
-        1 for t in study.get_trials(deepcopy=False)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        1 for t in trials
+        if t.state in counted
         or (t.state == TrialState.FAIL and t.number not in retried
             and t.user_attrs.get("failure_reason") not in ("worker_died", "interrupted"))
     )
@@ -342,6 +443,57 @@ def _resolve_weights(handle: StudyHandle, weights: str,
     return chosen
 
 
+def prepare_split(handle: StudyHandle) -> tuple[Any, Any]:
+    """Scan the data and load the study's split, making it on first use.
+
+    The split is saved in the study folder, so every resume trains on the same images.
+    Its digest is also kept in the storage: a worker on another machine (with its own
+    study folder) recomputes the split and refuses to join if it came out different.
+    """
+    from tlsearch.data import DatasetError, Split, make_split, scan
+
+    config = handle.config
+    index = scan(Path(config.data_dir), progress=False)
+    split_path = handle.dir / SPLIT_FILE
+
+    def fresh() -> Any:
+        try:
+            made = make_split(index, val_fraction=config.val_fraction,
+                              test_fraction=config.test_fraction, seed=config.seed)
+        except DatasetError as exc:
+            raise SearchError(str(exc)) from None
+        made.save(split_path)
+        return made
+
+    if split_path.exists():
+        split = Split.load(split_path)
+        if split.fingerprint != index.fingerprint:
+            if not config.force:
+                raise SearchError(
+                    f"the dataset in {config.data_dir} changed since study {config.study!r} "
+                    "started (fingerprint differs); use a new --study or pass --force")
+            split = fresh()
+    else:
+        split = fresh()
+    digest = _split_digest(split)
+    saved = handle.study.user_attrs.get("split_digest")
+    if saved is None or (config.force and saved != digest):
+        handle.study.set_user_attr("split_digest", digest)
+    elif saved != digest:
+        raise SearchError(
+            f"study {config.study!r} was started on a different split of the data (another "
+            "machine's copy differs, or other --val-fraction/--seed); use the same dataset "
+            "copy and options on every machine")
+    return index, split
+
+
+def _split_digest(split: Any) -> str:
+    import hashlib
+
+    payload = json.dumps([split.fingerprint, split.classes, split.train, split.val, split.test])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | None = None,
                nan_at_step: int | None = None) -> SearchOutcome:
     """Run (or continue) a search until `config.trials` trials are finished.
@@ -354,7 +506,6 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
     from optuna.trial import TrialState
 
     from tlsearch.backbones import WeightsUnavailableError
-    from tlsearch.data import DatasetError, Split, make_split, scan
     from tlsearch.features import FeatureCache
     from tlsearch.strategy import Strategy
     from tlsearch.train import TrialData, TrialPruned, run_trial
@@ -365,26 +516,7 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
     study = handle.study
     metric = study.user_attrs.get("metric") or handle.space.objective
 
-    # Data: scan, then reuse the study's split (the same split on every resume).
-    index = scan(Path(config.data_dir), progress=False)
-    split_path = handle.dir / SPLIT_FILE
-    if split_path.exists():
-        split = Split.load(split_path)
-        if split.fingerprint != index.fingerprint and not config.force:
-            raise SearchError(
-                f"the dataset in {config.data_dir} changed since study {config.study!r} "
-                "started (fingerprint differs); use a new --study or pass --force")
-        if config.force and split.fingerprint != index.fingerprint:
-            split = make_split(index, val_fraction=config.val_fraction,
-                               test_fraction=config.test_fraction, seed=config.seed)
-            split.save(split_path)
-    else:
-        try:
-            split = make_split(index, val_fraction=config.val_fraction,
-                               test_fraction=config.test_fraction, seed=config.seed)
-        except DatasetError as exc:
-            raise SearchError(str(exc)) from None
-        split.save(split_path)
+    index, split = prepare_split(handle)
     emit("data", {"images": len(index.records), "skipped": len(index.skipped),
                   "classes": len(split.classes), "train": len(split.train),
                   "val": len(split.val), "test": len(split.test),
@@ -406,11 +538,21 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
     started = time.monotonic()
     consecutive_failures = 0
     stopped = "done"
-    while _finished_count(study) < config.trials:
+    beat_every = max(1.0, min(30.0, config.stale_after / 4))
+    while True:
+        # Other workers may be on this study: take over their dead trials, and count
+        # their running ones, so K workers finish exactly `trials` trials between them.
+        again = recover_stale_trials(handle, stale_after=config.stale_after)
+        if again:
+            recovered += again
+            emit("notice", {"message": f"recovered trial(s) {again} of a dead worker"})
         if config.timeout is not None and time.monotonic() - started > config.timeout:
             stopped = "timeout"
             break
-        trial = study.ask()
+        with _admission(handle):
+            if _finished_count(study, with_running=True) >= config.trials:
+                break
+            trial = study.ask()
         attrs = trial.user_attrs  # enqueued retries carry their strategy and checkpoint
         if attrs.get("strategy"):
             space.sample(trial, weights="none", seed=config.seed)  # registers the params
@@ -420,7 +562,6 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             strategy = strategy.replace(weights=weights[strategy.backbone])
         tdir = handle.trial_dir(trial.number)
         tdir.mkdir(parents=True, exist_ok=True)
-        (tdir / "heartbeat").touch()
         trial.set_user_attr("strategy", strategy.to_dict())
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         resume_from = attrs.get("resume_from")
@@ -430,12 +571,12 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
         emit("trial_start", {"number": trial.number, "strategy": strategy,
                              "finished": _finished_count(study), "total": config.trials,
                              "retry_of": attrs.get("retry_of")})
-        reporter = _OptunaReporter(trial, tdir / "heartbeat",
-                                   lambda info: emit("epoch", info))
+        reporter = _OptunaReporter(trial, lambda info: emit("epoch", info))
         try:
-            result = run_trial(strategy, data, reporter, checkpoint_dir=tdir / "checkpoint",
-                               resume_from=tdir / "checkpoint", metric=metric,
-                               feature_cache=cache, nan_at_step=nan_at_step)
+            with _Heartbeat(trial, tdir / "heartbeat", beat_every):
+                result = run_trial(strategy, data, reporter, checkpoint_dir=tdir / "checkpoint",
+                                   resume_from=tdir / "checkpoint", metric=metric,
+                                   feature_cache=cache, nan_at_step=nan_at_step)
         except TrialPruned:
             _write_json(tdir / "result.json", {"state": "pruned", "strategy": strategy.to_dict()})
             study.tell(trial, state=TrialState.PRUNED)

@@ -328,6 +328,10 @@ def _trial_record(t: Any, tdir: Path) -> tuple[dict[str, Any], np.ndarray | None
         "failure_reason": attrs.get("failure_reason") or result.get("failure_reason"),
         "failure_detail": attrs.get("failure_detail") or result.get("failure_detail") or "",
         "retry_of": attrs.get("retry_of"),
+        # Where the retry started: the dead trial's checkpoint (same machine or a shared
+        # study folder) or scratch (its checkpoint was on another machine).
+        "retry_mode": attrs.get("retry_mode") or ("checkpoint" if attrs.get(
+            "resumed_from_checkpoint") else "scratch"),
         "resumed_from_step": attrs.get("resumed_from_step", result.get("resumed_from_step")),
         "baseline": attrs.get("baseline"),
         "notes": list(result.get("notes") or []),
@@ -1120,6 +1124,7 @@ def _search_health(trials: list[dict[str, Any]]) -> dict[str, Any]:
                 "number": t["number"], "retry_of": t["retry_of"], "state": t["state"],
                 "reason": (original or {}).get("failure_reason") or "unknown",
                 "resumed_from_step": t["resumed_from_step"] or 0,
+                "retry_mode": t["retry_mode"],
             })
     hits = sum(int((t["cache"] or {}).get("hits", 0)) for t in trials)
     misses = sum(int((t["cache"] or {}).get("misses", 0)) for t in trials)

@@ -1,0 +1,121 @@
+"""Several workers on one study: the embedded journal and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import write_colour_dataset
+from tests.test_study import TINY_SPACE
+from tlsearch.study import SearchConfig, SearchError, open_study
+from tlsearch.workers import run_workers, threads_per_worker
+
+
+@pytest.fixture
+def setup(tmp_path):
+    data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=2, finetune_epochs=1))
+    return tmp_path, data, space
+
+
+def _config(tmp_path, data, space, **kw) -> SearchConfig:
+    base = dict(data_dir=str(data), space=str(space), study="w", out=str(tmp_path / "studies"),
+                weights="none", cache_dir=str(tmp_path / "cache"), pruner="none")
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def test_threads_are_shared_out():
+    assert threads_per_worker(1, cores=2) == 2
+    assert threads_per_worker(2, cores=2) == 1
+    assert threads_per_worker(4, cores=2) == 1
+    assert threads_per_worker(2, cores=16) == 8
+
+
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_k_workers_finish_exactly_k_times_m_trials(backend, setup, request):
+    tmp_path, data, space = setup
+    workers, per_worker = 4, 2
+    storage = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    config = _config(tmp_path, data, space, trials=workers * per_worker, storage=storage,
+                     study=f"k-{backend}")
+    # An enqueued trial (as the baseline recipes are) must be taken by exactly one worker.
+    handle = open_study(config)
+    handle.study.enqueue_trial({"backbone": "tiny_cnn@32", "unfreeze_blocks": 0,
+                                "head_lr": 0.01}, user_attrs={"baseline": "probe"})
+    events = []
+    outcome = run_workers(config, workers, on_event=lambda k, i: events.append((k, i)))
+    trials = open_study(config, create=False).study.get_trials()
+    table = [(t.number, t.state.name, t.user_attrs.get("worker"), str(t.datetime_start))
+             for t in trials]
+    assert outcome.stopped == "done"
+    assert outcome.counts == {"complete": workers * per_worker}, (table, events)
+    assert sorted(t.number for t in trials) == list(range(workers * per_worker))
+    baselines = [t for t in trials if t.user_attrs.get("baseline") == "probe"]
+    assert len(baselines) == 1 and baselines[0].params["head_lr"] == 0.01
+    # Work really was shared: more than one worker process ran trials.
+    pids = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert len(pids) > 1 and os.getpid() not in pids
+    assert {i["worker"] for k, i in events if k == "trial_start"} >= {0, 1}
+
+
+def test_sqlite_is_refused_for_several_workers(setup):
+    tmp_path, data, space = setup
+    config = _config(tmp_path, data, space, trials=2,
+                     storage=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with pytest.raises(SearchError, match="SQLite storage is for one worker"):
+        run_workers(config, 2)
+
+
+def test_killed_worker_trial_is_recovered_by_the_others(tmp_path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 20, "green": 20, "blue": 20})
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=5, finetune_epochs=5)
+                     .replace("[0, 1]", "[1]"))
+    study_dir = tmp_path / "studies" / "kill"
+    args = [sys.executable, "-m", "tlsearch.cli", "search", str(data), "--space", str(space),
+            "--study", "kill", "--out", str(tmp_path / "studies"), "--trials", "4",
+            "--weights", "none", "--cache-dir", str(tmp_path / "cache"), "--pruner", "none",
+            "--workers", "3"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    parent = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    victim = None
+    deadline = time.monotonic() + 180
+    while victim is None and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+        journal = study_dir / "journal.log"
+        if not journal.exists():
+            continue
+        study = optuna.load_study(study_name="kill",
+                                  storage=JournalStorage(JournalFileBackend(str(journal))))
+        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            latest = study_dir / "trials" / f"{t.number:04d}" / "checkpoint" / "latest.json"
+            if "worker" in t.user_attrs and latest.exists() and \
+                    json.loads(latest.read_text())["global_step"] >= 2:
+                victim = t
+                break
+    assert victim is not None, "no trial reached step 2 while the workers ran"
+    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+    output, _ = parent.communicate(timeout=300)
+    assert parent.returncode == 0, output[-3000:]
+    study = optuna.load_study(study_name="kill", storage=JournalStorage(
+        JournalFileBackend(str(study_dir / "journal.log"))))
+    dead = study.trials[victim.number]
+    assert dead.state.name == "FAIL" and dead.user_attrs["failure_reason"] == "worker_died"
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert retries[0].user_attrs["retry_mode"] == "checkpoint"
+    assert retries[0].user_attrs["resumed_from_step"] >= 2
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
+    assert f"exited with code {-signal.SIGKILL}" in output
