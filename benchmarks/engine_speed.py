@@ -108,9 +108,9 @@ def main() -> None:
                             finetune_epochs=args.epochs if depth else 0, head_lr=3e-3,
                             backbone_lr=3e-4, batch_size=32, head_dropout=0.2, seed=0,
                             schedule="constant")
-        run_trial(strategy, data, feature_cache=cache)  # warm the cache
+        run_trial(strategy, data, feature_cache=cache, reuse_backbone=True)  # warm the cache
         t0 = time.perf_counter()
-        ours = run_trial(strategy, data, feature_cache=cache)
+        ours = run_trial(strategy, data, feature_cache=cache, reuse_backbone=True)
         ours_s = time.perf_counter() - t0
         plain_s, plain_score = plain_keras_trial(strategy, data, blocks.cut_for(depth)
                                                  if depth else None)
@@ -123,7 +123,7 @@ def main() -> None:
     for i in range(args.rss_trials):
         strategy = Strategy(backbone=args.backbone, image_size=args.size, weights=weights,
                             head_epochs=1, head_lr=3e-3, seed=i)
-        run_trial(strategy, data, feature_cache=cache)
+        run_trial(strategy, data, feature_cache=cache, reuse_backbone=True)
         rss.append(rss_mb())
     rss5, rss_last = rss[min(4, len(rss) - 1)], rss[-1]
     print(f"RSS after trial 5: {rss5:.0f} MB, after trial {len(rss)}: {rss_last:.0f} MB "

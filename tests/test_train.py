@@ -153,3 +153,25 @@ def test_each_imbalance_remedy_changes_minority_recall(imbalanced_data):
         recalls[remedy] = result.metrics["per_class"]["rare"]["recall"]
     for remedy in ("class_weight", "oversample", "focal"):
         assert recalls[remedy] > recalls["none"], recalls
+
+
+def test_reused_backbone_gives_the_same_trials(trial_data, tmp_path):
+    """A pooled backbone is restored to its original weights: a fine-tuning trial in
+    between changes nothing, and results equal those of a freshly built backbone."""
+    from tlsearch.model import _POOL, clear_backbone_pool
+
+    cache = FeatureCache(tmp_path / "fc")
+    fine = _strategy(unfreeze_blocks=1, bn_mode="affine", finetune_epochs=2)
+    head_only = _strategy(unfreeze_blocks=0, finetune_epochs=0, seed=3)
+    fresh = [run_trial(s, trial_data, feature_cache=cache) for s in (fine, head_only)]
+    clear_backbone_pool()
+    pooled = [run_trial(s, trial_data, feature_cache=cache, reuse_backbone=True)
+              for s in (fine, head_only, fine)]
+    assert len(_POOL) == 2  # seeds 1 and 3 give different random inits: two entries
+    np.testing.assert_allclose(pooled[0].val_probabilities, fresh[0].val_probabilities,
+                               atol=1e-6)
+    np.testing.assert_allclose(pooled[1].val_probabilities, fresh[1].val_probabilities,
+                               atol=1e-6)
+    np.testing.assert_allclose(pooled[2].val_probabilities, fresh[0].val_probabilities,
+                               atol=1e-6)
+    clear_backbone_pool()

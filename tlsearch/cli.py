@@ -129,6 +129,71 @@ def _positive_timeout(value: float | None) -> float | None:
     return value
 
 
+@app.command("rank")
+def rank_command(
+    data_dir: DataDir,
+    space: Annotated[str, typer.Option(help="Bundled space name or a YAML path.")] = "quick",
+    weights: Annotated[str, typer.Option(
+        help="imagenet, none, auto or a weights file path.")] = "imagenet",
+    seed: Annotated[int, typer.Option(help="Seed for the split.")] = 0,
+    val_fraction: Annotated[float, typer.Option(min=0.05, max=0.9,
+                                                help="Validation share (flat layout).")] = 0.2,
+    cache_dir: Annotated[Path | None, typer.Option(
+        file_okay=False, help="Decode and frozen-prefix cache (default ~/.cache/tlsearch).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as JSON.")] = False,
+) -> None:
+    """Rank the space's backbones by LogME on frozen features, without training."""
+    from tlsearch.backbones import (
+        WeightsUnavailableError,
+        get_spec,
+        iter_names,
+        resolve_auto_weights,
+    )
+    from tlsearch.data import DatasetError, make_split, scan
+    from tlsearch.features import FeatureCache
+    from tlsearch.rank import rank_backbones
+    from tlsearch.space import SpaceError, load_space
+    from tlsearch.study import default_cache_dir
+    from tlsearch.train import TrialData
+
+    if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
+        raise fail(f"--weights {weights!r}: not imagenet, none, auto or an existing file")
+    _quiet_libraries()
+    try:
+        loaded = load_space(space, known_backbones=set(iter_names(include_test=True)))
+        split = make_split(scan(data_dir, progress=False), val_fraction=val_fraction, seed=seed)
+    except (SpaceError, DatasetError) as exc:
+        raise fail(str(exc)) from None
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    pairs = []
+    for name, size in loaded.backbone_sizes():
+        chosen = resolve_auto_weights(get_spec(name), size) if weights == "auto" else weights
+        if chosen is None:
+            err_console.print(f"[yellow]note:[/] {name}: no weights available offline; left out")
+            continue
+        pairs.append((name, size, chosen))
+    if not pairs:
+        raise fail("no backbone in the space has usable weights")
+    data = TrialData.from_split(data_dir, split, cache)
+    try:
+        with console.status("Running each frozen backbone over the training images..."):
+            rows = rank_backbones(pairs, data, FeatureCache(cache), seed=seed)
+    except WeightsUnavailableError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+        return
+    table = Table(title="Backbones ranked by LogME (higher transfers better)",
+                  header_style="bold")
+    for column in ("#", "backbone", "LogME", "probe bal.acc", "features", "weights", "s"):
+        table.add_column(column)
+    for i, r in enumerate(rows, 1):
+        table.add_row(str(i), r.key, f"{r.logme:.4f}", f"{r.probe_balanced_accuracy:.3f}",
+                      str(r.feature_dim), escape(Path(r.weights).name), f"{r.seconds:.1f}")
+    console.print(table)
+
+
 @app.command()
 def search(
     data_dir: DataDir,
@@ -165,6 +230,18 @@ def search(
         min=1, help="Worker processes on this machine, sharing the study (and the CPU). "
                     "Run the same command on other machines with a shared --storage "
                     "to add theirs.")] = 1,
+    rank: Annotated[bool, typer.Option(
+        help="Rank the space's backbones by LogME on frozen features before the first "
+             "trial (and run the baselines on the best one).")] = True,
+    keep_top_backbones: Annotated[int | None, typer.Option(
+        min=1, help="Search only the K backbone/size pairs ranked best by LogME.")] = None,
+    baselines: Annotated[bool, typer.Option(
+        help="Run the standard recipes (keras.io guide, fastai fine_tune, linear probe) "
+             "first, as yardsticks for the report.")] = True,
+    max_latency_ms: Annotated[float | None, typer.Option(
+        min=0.0, help="Recommend only models at most this slow (batch-1 CPU ms).")] = None,
+    max_params: Annotated[int | None, typer.Option(
+        min=1, help="Recommend only models with at most this many parameters.")] = None,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.study import SearchConfig
@@ -176,7 +253,9 @@ def search(
         out=str(out), storage=storage, trials=trials, timeout=timeout,
         metric=metric.value if metric else None, weights=weights, seed=seed,
         cache_dir=str(cache_dir) if cache_dir else None, pruner=pruner.value,
-        val_fraction=val_fraction, force=force)
+        val_fraction=val_fraction, force=force, rank=rank,
+        keep_top_backbones=keep_top_backbones, baselines=baselines,
+        max_latency_ms=max_latency_ms, max_params=max_params)
     _run(config, workers)
 
 

@@ -1,9 +1,9 @@
 """The frozen-prefix activation cache: compute a frozen prefix once, reuse it everywhere.
 
 One entry per (backbone, weights identity, image size, cut, dataset part, view).
-Entries are float16 `.npy` files with a JSON sidecar holding their SHA-256; both are
-written to a temporary name and renamed into place, and a per-entry lock file makes
-concurrent workers wait for the one that computes. A torn or corrupt entry fails its
+Entries are float16 `.npy` files (float32 where exact values matter) with a JSON sidecar
+holding their SHA-256; both are written to a temporary name and renamed into place, and
+a per-entry lock file makes concurrent workers wait for the one that computes. A torn or corrupt entry fails its
 checksum and is recomputed, never trusted.
 """
 
@@ -104,8 +104,11 @@ class FeatureCache:
         return self.load(key) is not None
 
     def get_or_compute(self, key: str, compute: Callable[[], np.ndarray],
-                       *, meta: dict[str, Any] | None = None) -> tuple[np.ndarray, bool]:
-        """Return (activations, hit). On a miss, `compute()` runs once across processes."""
+                       *, meta: dict[str, Any] | None = None,
+                       dtype: Any = np.float16) -> tuple[np.ndarray, bool]:
+        """Return (activations, hit). On a miss, `compute()` runs once across processes
+        and its result is stored as `dtype` (float16 halves the disk and page cache;
+        float32 where exact values matter)."""
         cached = self.load(key)
         if cached is not None:
             self.stats.hits += 1
@@ -118,7 +121,7 @@ class FeatureCache:
             if self._paths(key)[0].exists():
                 self.stats.recomputed_corrupt += 1
             self.stats.misses += 1
-            self._write(key, np.asarray(compute(), dtype=np.float16), meta or {})
+            self._write(key, np.asarray(compute(), dtype=dtype), meta or {})
         result = self.load(key)
         if result is None:  # pragma: no cover - only if the disk lies to us
             raise OSError(f"feature cache entry {key} could not be read back after writing")

@@ -17,7 +17,9 @@ model, and `bn_mode == "adapt"` in the training graphs.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -282,6 +284,59 @@ def _build_head(feature_shape: tuple[int, ...], num_classes: int, strategy: Stra
     return keras.Model(inputs, outputs, name="head")
 
 
+@dataclass
+class _Pooled:
+    backbone: Any
+    blocks: Blocks
+    pristine: list[np.ndarray]
+    splits: dict[str | None, tuple[Any, Any]]
+    dirty: bool = False  # handed to a trial that may change its weights or statistics
+
+
+#: Backbones built in this process, most recently used last. A search builds the same
+#: few backbones over and over; building one (graph + weights file) costs seconds, more
+#: than a head-only trial on cached activations.
+_POOL: OrderedDict[tuple, _Pooled] = OrderedDict()
+POOL_SIZE = 3
+
+
+def _pool_key(spec: BackboneSpec, size: int, weights: str, seed: int) -> tuple:
+    if weights == "none":
+        return (spec.name, size, weights, seed)  # random init differs per seed
+    if weights == "imagenet":
+        return (spec.name, size, weights)
+    st = Path(weights).stat()  # a file replaced on disk is a new entry
+    return (spec.name, size, str(Path(weights).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _pooled_backbone(spec: BackboneSpec, size: int, weights: str, seed: int,
+                     *, will_change: bool) -> _Pooled:
+    """A built backbone with its original weights restored, from the pool or new.
+
+    `will_change`: the caller may train the backbone or update its BN statistics, so
+    the next caller must restore the original weights first.
+    """
+    key = _pool_key(spec, size, weights, seed)
+    entry = _POOL.get(key)
+    if entry is None:
+        backbone = build_backbone(spec, size, weights, seed=seed)
+        entry = _Pooled(backbone=backbone, blocks=find_blocks(backbone, spec.block_regex),
+                        pristine=[np.array(w) for w in backbone.get_weights()], splits={})
+        _POOL[key] = entry
+        while len(_POOL) > POOL_SIZE:
+            _POOL.popitem(last=False)
+    else:
+        if entry.dirty:  # the previous trial fine-tuned it (weights, BN statistics)
+            entry.backbone.set_weights(entry.pristine)
+        _POOL.move_to_end(key)
+    entry.dirty = will_change
+    return entry
+
+
+def clear_backbone_pool() -> None:
+    _POOL.clear()
+
+
 def _split(backbone: Any, cut: str | None) -> tuple[Any, Any]:
     import keras
 
@@ -296,8 +351,15 @@ def _split(backbone: Any, cut: str | None) -> tuple[Any, Any]:
 
 
 def build_transfer_model(strategy: Strategy, num_classes: int, *,
-                         spec: BackboneSpec | None = None) -> TransferModel:
+                         spec: BackboneSpec | None = None,
+                         reuse_backbone: bool = False) -> TransferModel:
     """Build every graph a strategy needs, with trainability set for its full depth.
+
+    Args:
+        reuse_backbone: take the backbone (and its prefix/suffix split) from this
+            process's pool, original weights restored, instead of building it. Only for
+            callers that hold one transfer model at a time, as a search worker does:
+            two live models would share, and re-freeze, the same layers.
 
     Raises:
         WeightsUnavailableError / WeightsError: as `build_backbone`.
@@ -308,11 +370,22 @@ def build_transfer_model(strategy: Strategy, num_classes: int, *,
         raise ValueError(f"need at least 2 classes, got {num_classes}")
     spec = spec or get_spec(strategy.backbone)
     keras.utils.set_random_seed(strategy.seed)
-    backbone = build_backbone(spec, strategy.image_size, strategy.weights, seed=strategy.seed)
-    blocks = find_blocks(backbone, spec.block_regex)
     depth = strategy.unfreeze_blocks if strategy.fine_tunes else 0
-    cut = blocks.cut_for(depth)
-    prefix, suffix = _split(backbone, cut)
+    if reuse_backbone:
+        entry = _pooled_backbone(spec, strategy.image_size, strategy.weights, strategy.seed,
+                                 will_change=depth != 0 or strategy.bn_mode == "adapt")
+        backbone, blocks = entry.backbone, entry.blocks
+        cut = blocks.cut_for(depth)
+        if cut not in entry.splits:
+            entry.splits[cut] = _split(backbone, cut)
+        prefix, suffix = entry.splits[cut]
+    else:
+        backbone = build_backbone(spec, strategy.image_size, strategy.weights,
+                                  seed=strategy.seed)
+        blocks = find_blocks(backbone, spec.block_regex)
+        cut = blocks.cut_for(depth)
+        prefix, suffix = _split(backbone, cut)
+    keras.utils.set_random_seed(strategy.seed)  # the head's init must not depend on the pool
     head = _build_head(tuple(backbone.output.shape[1:]), num_classes, strategy)
     model = TransferModel(
         strategy=strategy, spec=spec, num_classes=num_classes, blocks=blocks,

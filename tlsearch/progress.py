@@ -59,6 +59,9 @@ class SearchProgress:
                    f"(train {info['train']}, val {info['val']}"
                    + (f", test {info['test']}" if info["test"] else "") + ")"
                    + (f"; skipped {info['skipped']}: {skipped}" if info["skipped"] else ""))
+        elif kind == "rank":
+            print_(f"  LogME {info['logme']:+.4f}  probe {info['probe_balanced_accuracy']:.3f}"
+                   f"  {escape(info['key'])}")
         elif kind == "trial_start":
             s = info["strategy"]
             self.current = f"#{info['number']} {s.backbone}@{s.image_size}"
@@ -66,7 +69,8 @@ class SearchProgress:
                                  description=self._describe())
             retry = f" (retry of #{info['retry_of']})" if info.get("retry_of") is not None else ""
             who = f"worker {info['worker']}: " if "worker" in info else ""
-            print_(f"[dim]{who}trial #{info['number']}{retry}: {escape(s.describe())}[/]")
+            what = f" (baseline {info['baseline']})" if info.get("baseline") else ""
+            print_(f"[dim]{who}trial #{info['number']}{retry}{what}: {escape(s.describe())}[/]")
         elif kind == "epoch":
             self.current = f"#{info['trial']} step {info['step']} = {info['value']:.3f}"
             self.progress.update(self.task, description=self._describe())

@@ -78,6 +78,11 @@ class SearchConfig:
     test_fraction: float = 0.0
     force: bool = False
     stale_after: float = 600.0
+    rank: bool = True
+    keep_top_backbones: int | None = None
+    baselines: bool = True
+    max_latency_ms: float | None = None
+    max_params: int | None = None
 
     @property
     def study_dir(self) -> Path:
@@ -348,8 +353,9 @@ class _Heartbeat:
 
 
 class _OptunaReporter:
-    def __init__(self, trial: Any, on_epoch: Callable[[dict], None] | None):
-        self.trial, self.on_epoch = trial, on_epoch
+    def __init__(self, trial: Any, on_epoch: Callable[[dict], None] | None,
+                 prunable: bool = True):
+        self.trial, self.on_epoch, self.prunable = trial, on_epoch, prunable
 
     def report(self, value: float, step: int) -> None:
         self.trial.report(value, step)
@@ -357,7 +363,8 @@ class _OptunaReporter:
             self.on_epoch({"trial": self.trial.number, "step": step, "value": value})
 
     def should_stop(self) -> bool:
-        return self.trial.should_prune()
+        # Baselines are the yardstick: they run their whole recipe.
+        return self.prunable and self.trial.should_prune()
 
 
 @contextmanager
@@ -494,6 +501,56 @@ def _split_digest(split: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def _initialise(handle: StudyHandle, space: Any, weights: dict[str, str], data: Any,
+                cache: Any, emit: Callable[[str, dict], None]) -> None:
+    """Once per study, before its first trial: rank the backbones, keep the top ones if
+    asked, and enqueue the baseline recipes on the best-ranked backbone."""
+    from tlsearch.baselines import baseline_strategies
+    from tlsearch.rank import rank_backbones
+
+    config, study = handle.config, handle.study
+    if study.get_trials(deepcopy=False):  # a study from before this step existed
+        study.set_user_attr("initialised", True)
+        return
+    pairs = [(name, size, weights[name]) for name, size in space.backbone_sizes()]
+    ranking = []
+    if config.keep_top_backbones or (config.rank and len(pairs) > 1):
+        emit("notice", {"message": f"ranking {len(pairs)} backbone/size pair(s) by LogME on "
+                                   "frozen features (also fills the prefix cache)"})
+        rows = rank_backbones(pairs, data, cache, seed=config.seed,
+                              on_row=lambda row: emit("rank", row.to_dict()))
+        ranking = [row.to_dict() for row in rows]
+        study.set_user_attr("ranking", ranking)
+    if config.keep_top_backbones:
+        kept = [row["key"] for row in ranking[:config.keep_top_backbones]]
+        study.set_user_attr("kept_backbones", kept)
+        emit("notice", {"message": f"searching only the top {len(kept)} by LogME: "
+                                   f"{', '.join(kept)}"})
+    if config.baselines:
+        top = ranking[0]["key"] if ranking else "{}@{}".format(*space.backbone_sizes()[0])
+        name = top.split("@")[0]
+        base = space.fixed_strategy(backbone=top, weights="none", seed=config.seed)
+        base = base.replace(weights=weights[name])
+        for baseline, strategy in baseline_strategies(base):
+            study.enqueue_trial({}, user_attrs={"baseline": baseline.name,
+                                                "strategy": strategy.to_dict()})
+        emit("notice", {"message": f"baseline recipes enqueued first, on {top}: "
+                                   + ", ".join(b.name for b, _ in baseline_strategies(base))})
+    study.set_user_attr("initialised", True)
+
+
+def meets_constraints(config: SearchConfig, latency_ms: float | None,
+                      params_total: int | None) -> bool:
+    """Whether a trial may be recommended under --max-latency-ms / --max-params."""
+    if config.max_latency_ms is not None and (latency_ms is None
+                                              or latency_ms > config.max_latency_ms):
+        return False
+    if config.max_params is not None and (params_total is None
+                                          or params_total > config.max_params):
+        return False
+    return True
+
+
 def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | None = None,
                nan_at_step: int | None = None) -> SearchOutcome:
     """Run (or continue) a search until `config.trials` trials are finished.
@@ -530,6 +587,13 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
     space = handle.space.restrict_backbones(list(weights)) if len(weights) < len(
         handle.space.backbones) else handle.space
 
+    with _admission(handle):  # one worker ranks and enqueues; the others wait for it
+        if not study.user_attrs.get("initialised"):
+            _initialise(handle, space, weights, data, cache, emit)
+    kept = study.user_attrs.get("kept_backbones")
+    if kept:
+        space = space.restrict_backbones(kept)
+
     recovered = recover_stale_trials(handle, stale_after=config.stale_after)
     if recovered:
         emit("notice", {"message": f"recovered trial(s) {recovered} left running by a dead "
@@ -555,7 +619,8 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             trial = study.ask()
         attrs = trial.user_attrs  # enqueued retries carry their strategy and checkpoint
         if attrs.get("strategy"):
-            space.sample(trial, weights="none", seed=config.seed)  # registers the params
+            if not attrs.get("baseline"):  # baselines stay out of the sampler's sight
+                space.sample(trial, weights="none", seed=config.seed)  # registers params
             strategy = Strategy.from_dict(attrs["strategy"])
         else:
             strategy = space.sample(trial, weights="none", seed=config.seed)
@@ -570,13 +635,16 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             trial.set_user_attr("resumed_from_checkpoint", True)
         emit("trial_start", {"number": trial.number, "strategy": strategy,
                              "finished": _finished_count(study), "total": config.trials,
-                             "retry_of": attrs.get("retry_of")})
-        reporter = _OptunaReporter(trial, lambda info: emit("epoch", info))
+                             "retry_of": attrs.get("retry_of"),
+                             "baseline": attrs.get("baseline")})
+        reporter = _OptunaReporter(trial, lambda info: emit("epoch", info),
+                                   prunable=not attrs.get("baseline"))
         try:
             with _Heartbeat(trial, tdir / "heartbeat", beat_every):
                 result = run_trial(strategy, data, reporter, checkpoint_dir=tdir / "checkpoint",
                                    resume_from=tdir / "checkpoint", metric=metric,
-                                   feature_cache=cache, nan_at_step=nan_at_step)
+                                   feature_cache=cache, nan_at_step=nan_at_step,
+                                   reuse_backbone=True)
         except TrialPruned:
             _write_json(tdir / "result.json", {"state": "pruned", "strategy": strategy.to_dict()})
             study.tell(trial, state=TrialState.PRUNED)
@@ -678,12 +746,20 @@ def study_summary(handle: StudyHandle, *, top: int = 10) -> dict[str, Any]:
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     complete.sort(key=lambda t: t.value, reverse=True)
+    config = handle.config
     board = [{"number": t.number, "value": t.value, "strategy": t.user_attrs.get("strategy"),
               "seconds": t.user_attrs.get("seconds"), "latency_ms": t.user_attrs.get("latency_ms"),
-              "metrics": t.user_attrs.get("metrics", {})} for t in complete[:top]]
+              "params_total": t.user_attrs.get("params_total"),
+              "baseline": t.user_attrs.get("baseline"),
+              "eligible": meets_constraints(config, t.user_attrs.get("latency_ms"),
+                                            t.user_attrs.get("params_total")),
+              "metrics": t.user_attrs.get("metrics", {})} for t in complete]
+    eligible = [row for row in board if row["eligible"]]
     failures = [{"number": t.number, "reason": t.user_attrs.get("failure_reason", "unknown"),
                  "detail": t.user_attrs.get("failure_detail", "")}
                 for t in trials if t.state == TrialState.FAIL]
     return {"study": handle.config.study, "metric": handle.study.user_attrs.get("metric"),
-            "counts": counts, "leaderboard": board, "failures": failures,
-            "best": board[0] if board else None}
+            "counts": counts, "leaderboard": board[:top], "failures": failures,
+            "best": eligible[0] if eligible else None,
+            "excluded_by_constraints": len(board) - len(eligible),
+            "ranking": handle.study.user_attrs.get("ranking") or []}

@@ -147,6 +147,67 @@ class TrialResult:
         }
 
 
+# -- frozen prefix -------------------------------------------------------------------------
+
+
+def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, *,
+                    exact: bool = False, extractor: Any = None) -> tuple[np.ndarray, bool]:
+    """Frozen-prefix activations of one data part and view, from the cache or computed.
+
+    `view` is "clean" or "<augmentation level>:<index>". With `exact`, the entry is kept
+    in float32 (validation: final predictions are made from it). Returns (array, hit).
+    """
+    from tlsearch.backbones import weights_identity
+    from tlsearch.features import feature_key
+
+    s = tm.strategy
+    paths = data.train_paths if part == "train" else data.val_paths
+    key = feature_key(
+        backbone=s.backbone, weights=weights_identity(tm.spec, s.weights, size=s.image_size,
+                                                      seed=s.seed),
+        size=s.image_size, cut=tm.cut, fingerprint=data.fingerprint,
+        paths=hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+        view=f"{view}/float32" if exact else view,
+    )
+
+    def compute() -> np.ndarray:
+        images = data.images(part, s.image_size)
+        return _run_prefix(extractor or tm.feature_extractor(), images, view)
+
+    return cache.get_or_compute(
+        key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": tm.cut,
+                            "part": part, "view": view},
+        dtype=np.float32 if exact else np.float16)
+
+
+def _run_prefix(extractor: Any, images: np.ndarray, view: str) -> np.ndarray:
+    import tensorflow as tf
+
+    from tlsearch.model import augmentation_layers
+
+    augment = []
+    if view != "clean":
+        level, index = view.split(":")
+        # Views depend only on (level, index), so every trial shares them.
+        augment = augmentation_layers(level, seed=1000 + 97 * int(index))
+
+    @tf.function(reduce_retracing=True)
+    def forward(batch):
+        x = batch
+        for layer in augment:
+            x = layer(x, training=True)
+        return extractor(x, training=False)
+
+    out = None
+    for start in range(0, len(images), EVAL_BATCH):
+        batch = np.asarray(images[start:start + EVAL_BATCH], dtype=np.float32)
+        feats = forward(tf.constant(batch)).numpy()
+        if out is None:
+            out = np.empty((len(images), *feats.shape[1:]), dtype=np.float32)
+        out[start:start + len(batch)] = feats
+    return out
+
+
 # -- metrics -----------------------------------------------------------------------------
 
 
@@ -272,7 +333,7 @@ class _Engine:
 
     def __init__(self, strategy: Strategy, data: TrialData, reporter: Reporter,
                  checkpoint_dir: Path | None, metric: str, feature_cache: Any,
-                 nan_at_step: int | None) -> None:
+                 nan_at_step: int | None, reuse_backbone: bool) -> None:
         import keras
 
         from tlsearch.model import build_transfer_model
@@ -287,9 +348,16 @@ class _Engine:
                                           "eval": 0.0}
         self.cache_counts = {"hits": 0, "misses": 0}
         self.notes: list[str] = []
-        keras.backend.clear_session()
-        gc.collect()
-        self.tm = build_transfer_model(strategy, len(data.classes))
+        if not reuse_backbone:
+            # A fresh graph per trial: release the last trial's now. With a pooled
+            # backbone the pool owns the big graph; the last trial's head and optimizers
+            # are small and left to the collector's own schedule (a full collection
+            # here costs a third of a second, a third of a warm head-only trial; the
+            # engine benchmark checks that memory stays flat over 50 trials).
+            keras.backend.clear_session()
+            gc.collect()
+        self.tm = build_transfer_model(strategy, len(data.classes),
+                                       reuse_backbone=reuse_backbone)
         self.cached = self.tm.cacheable
         if not self.cached and self.tm.prefix is not None:
             self.notes.append("prefix not cacheable: BatchNorm 'adapt' reaches below the cut; "
@@ -319,7 +387,9 @@ class _Engine:
             return
         t0 = time.perf_counter()
         extractor = self.tm.feature_extractor()
-        self.val_features = self._features(extractor, "val", "clean")
+        # Validation activations are kept in float32: the trial's final predictions are
+        # made from them, and must equal what the exported model predicts on the images.
+        self.val_features = self._features(extractor, "val", "clean", exact=True)
         if self.strategy.augmentation == "none":
             self.train_views = [self._features(extractor, "train", "clean")]
         else:
@@ -329,55 +399,12 @@ class _Engine:
             ]
         self.timings["prefix"] = time.perf_counter() - t0
 
-    def _features(self, extractor: Any, part: str, view: str) -> np.ndarray:
-        from tlsearch.backbones import weights_identity
-        from tlsearch.features import feature_key
-
-        s = self.strategy
-        paths = self.data.train_paths if part == "train" else self.data.val_paths
-        key = feature_key(
-            backbone=s.backbone, weights=weights_identity(self.tm.spec, s.weights,
-                                                          size=s.image_size, seed=s.seed),
-            size=s.image_size, cut=self.tm.cut, fingerprint=self.data.fingerprint,
-            paths=hashlib.sha256("\n".join(paths).encode()).hexdigest(), view=view,
-        )
-        images = self.train_images if part == "train" else self.val_images
-
-        def compute() -> np.ndarray:
-            return self._run_prefix(extractor, images, view)
-
-        array, hit = self.feature_cache.get_or_compute(
-            key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": self.tm.cut,
-                                "part": part, "view": view})
+    def _features(self, extractor: Any, part: str, view: str, *,
+                  exact: bool = False) -> np.ndarray:
+        array, hit = frozen_features(self.tm, self.data, self.feature_cache, part, view,
+                                     exact=exact, extractor=extractor)
         self.cache_counts["hits" if hit else "misses"] += 1
         return array
-
-    def _run_prefix(self, extractor: Any, images: np.ndarray, view: str) -> np.ndarray:
-        import tensorflow as tf
-
-        from tlsearch.model import augmentation_layers
-
-        augment = []
-        if view != "clean":
-            level, index = view.split(":")
-            # Views depend only on (level, index), so every trial shares them.
-            augment = augmentation_layers(level, seed=1000 + 97 * int(index))
-
-        @tf.function(reduce_retracing=True)
-        def forward(batch):
-            x = batch
-            for layer in augment:
-                x = layer(x, training=True)
-            return extractor(x, training=False)
-
-        out = None
-        for start in range(0, len(images), EVAL_BATCH):
-            batch = np.asarray(images[start:start + EVAL_BATCH], dtype=np.float32)
-            feats = forward(tf.constant(batch)).numpy().astype(np.float16)
-            if out is None:
-                out = np.empty((len(images), *feats.shape[1:]), dtype=np.float16)
-            out[start:start + len(batch)] = feats
-        return out
 
     # -- training ---------------------------------------------------------------------
 
@@ -395,7 +422,15 @@ class _Engine:
         loss_fn = self.loss_fn
         backbone_vars, head_vars = tm.trainable_variables
 
-        @tf.function(reduce_retracing=True)
+        # One trace per phase: the batch dimension is left open, so the last, smaller
+        # batch of an epoch does not trace the step a second time.
+        in_shape = (tuple(tm.prefix.output.shape[1:]) if cached
+                    else (self.strategy.image_size, self.strategy.image_size, 3))
+        signature = [tf.TensorSpec((None, *in_shape), tf.float32),
+                     tf.TensorSpec((None, self.n_classes), tf.float32),
+                     tf.TensorSpec((None,), tf.float32)]
+
+        @tf.function(input_signature=signature)
         def step(x, y_onehot, sample_weight):
             with tf.GradientTape() as tape:
                 probs = tm.features_forward(x) if cached else tm.train_forward(x)
@@ -521,10 +556,14 @@ class _Engine:
         # The trial ends with its best epoch's weights, so the recorded validation
         # predictions are exactly what an exported model will predict.
         self._assign_mutable(self.best[2])
-        # Final validation predictions come from the deployable model on decoded
-        # images (not from float16 cached activations): exactly what `predict` does.
+        # Final validation predictions are what `predict` will give: the deployable
+        # model on decoded images, or (same graph, same numbers) its trained part on the
+        # float32 cached prefix activations of those images, without the prefix pass.
         deploy = self.tm.deployable()
-        probs = _predict_images(deploy, self.val_images)
+        if self.cached:
+            probs = _predict_images(self.tm.features_model(), self.val_features)
+        else:
+            probs = _predict_images(deploy, self.val_images)
         metrics = compute_metrics(self.y_val, probs, self.data.classes)
         metrics["best_step"] = self.best[1]
         backbone_vars, head_vars = self.tm.trainable_variables
@@ -639,7 +678,7 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
 
 
 def _predict_images(model: Any, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-    """Probabilities of a deployable model over uint8 images, in inference mode."""
+    """Probabilities of a model over its inputs (images or activations), inference mode."""
     out = []
     for start in range(0, len(images), batch):
         x = np.asarray(images[start:start + batch], dtype=np.float32)
@@ -678,7 +717,7 @@ def _latency_ms(model: Any, strategy: Strategy, repeats: int = 10) -> float:
 def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = None, *,
               resume_from: Path | None = None, checkpoint_dir: Path | None = None,
               metric: str = "balanced_accuracy", feature_cache: Any = None,
-              nan_at_step: int | None = None) -> TrialResult:
+              nan_at_step: int | None = None, reuse_backbone: bool = False) -> TrialResult:
     """Train one strategy and return its result; never raises for a failed trial.
 
     Args:
@@ -689,6 +728,10 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
         checkpoint_dir: where to write a checkpoint after every epoch.
         feature_cache: a `FeatureCache`; defaults to one under `data.cache_dir`.
         nan_at_step: test hook that makes the loss non-finite from that step on.
+        reuse_backbone: build the backbone once per process and reuse it (original
+            weights restored) in later trials: saves seconds per trial. The result's
+            `model` then shares the backbone and is only valid until the next trial, so
+            use it (save it) before starting another, as a search worker does.
 
     Raises:
         TrialPruned: the reporter asked to stop.
@@ -707,7 +750,7 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
     engine = None
     try:
         engine = _Engine(strategy, data, reporter, checkpoint_dir, metric, feature_cache,
-                         nan_at_step)
+                         nan_at_step, reuse_backbone)
         engine.prepare_inputs()
         if resume is not None:
             if len(engine._mutable_variables()) != resume.get("n_weights"):

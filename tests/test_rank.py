@@ -1,0 +1,69 @@
+"""LogME against a direct evidence computation, and backbone ranking on the tiny backbone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tlsearch.rank import _svd, logme, logme_evidence, logme_fit, rank_backbones
+
+
+def test_separable_features_score_higher_than_noise():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    centres = rng.normal(0, 3, (4, 16))
+    separable = centres[labels] + rng.normal(0, 1, (200, 16))
+    noise = rng.normal(0, 1, (200, 16))
+    assert logme(separable, labels) > logme(noise, labels) + 0.5
+
+
+def test_evidence_equals_the_gaussian_marginal_likelihood():
+    """At any (alpha, beta) the SVD formula is log N(y | 0, F F^T / alpha + I / beta) / n,
+    and the fixed point is a maximum of it."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(1)
+    n, d = 30, 5
+    f = rng.normal(size=(n, d))
+    y = (f @ rng.normal(size=d) + rng.normal(0, 0.5, n) > 0).astype(float)
+    u, sigma, _, _ = _svd(f)
+    x2, y2 = (u.T @ y) ** 2, float(y @ y)
+
+    def direct(alpha: float, beta: float) -> float:
+        cov = f @ f.T / alpha + np.eye(n) / beta
+        return multivariate_normal(mean=np.zeros(n), cov=cov).logpdf(y) / n
+
+    for alpha, beta in [(1.0, 1.0), (0.3, 4.0), (5.0, 0.7)]:
+        assert logme_evidence(sigma, x2, y2, n, d, alpha, beta) == pytest.approx(
+            direct(alpha, beta), abs=1e-9)
+    alpha, beta = logme_fit(sigma, x2, y2, n)
+    best = logme_evidence(sigma, x2, y2, n, d, alpha, beta)
+    for a, b in [(alpha * 2, beta), (alpha / 2, beta), (alpha, beta * 2), (alpha, beta / 2)]:
+        assert best >= logme_evidence(sigma, x2, y2, n, d, a, b) - 1e-6
+
+
+def test_wide_features_are_handled():
+    """More feature dimensions than samples (d > n), as with big backbones on small data."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 5)
+    score = logme(rng.normal(size=(15, 64)), labels)
+    assert np.isfinite(score)
+
+
+def test_rank_backbones_scores_and_fills_the_cache(trial_data, tmp_path):
+    from tlsearch.features import FeatureCache
+    from tlsearch.strategy import Strategy
+    from tlsearch.train import run_trial
+
+    cache = FeatureCache(tmp_path / "fc")
+    rows = rank_backbones([("tiny_cnn", 32, "none"), ("tiny_cnn", 16, "none")], trial_data,
+                          cache, seed=0)
+    assert [r.key for r in rows] != [] and {r.key for r in rows} == {"tiny_cnn@32", "tiny_cnn@16"}
+    assert rows[0].logme >= rows[1].logme
+    assert all(np.isfinite(r.logme) and 0 <= r.probe_balanced_accuracy <= 1 for r in rows)
+    assert not any(r.cache_hit for r in rows)
+    # A head-only trial of the same backbone now trains without a prefix pass.
+    result = run_trial(Strategy(backbone="tiny_cnn", image_size=32, weights="none",
+                                unfreeze_blocks=0, head_epochs=1, seed=0), trial_data,
+                       feature_cache=cache)
+    assert result.cache == {"hits": 2, "misses": 0}

@@ -1,0 +1,75 @@
+"""The standard recipes everyone copies, run as ordinary trials at the start of a study.
+
+They give the report its yardstick: "the recommended strategy beats the standard recipe
+by X points at Y times its training time". Each recipe is written down as its source
+describes it, on the study's first (or top-ranked) backbone and the space's epoch
+budget, whether or not the search space itself could express it: a baseline is enqueued
+with no searchable parameters, so the sampler never learns from it and the recipe is not
+bent to fit the space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tlsearch.strategy import ALL_BLOCKS, Strategy
+
+__all__ = ["BASELINES", "Baseline", "baseline_strategies"]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    title: str
+    source: str
+    recipe: Callable[[Strategy], Strategy]
+
+
+def _keras_io(base: Strategy) -> Strategy:
+    # keras.io "Transfer learning & fine-tuning": frozen base called with training=False,
+    # Adam at its default 1e-3 for the head, then the whole base unfrozen and trained at
+    # 1e-5 with BatchNorm kept in inference mode; flip + small rotation augmentation.
+    return base.replace(unfreeze_blocks=ALL_BLOCKS, gradual=False, bn_mode="frozen",
+                        head_lr=1e-3, backbone_lr=1e-5, optimizer="adam", weight_decay=0.0,
+                        schedule="constant", warmup_epochs=0, head_dropout=0.2,
+                        head_hidden_units=0, head_l2=0.0, label_smoothing=0.0,
+                        augmentation="light", imbalance="none", early_stopping_patience=0,
+                        finetune_epochs=max(base.finetune_epochs, 1))
+
+
+def _fastai(base: Strategy) -> Strategy:
+    # fastai `Learner.fine_tune(epochs, base_lr=2e-3)`: one frozen epoch at base_lr, then
+    # everything unfrozen for `epochs` with discriminative rates slice(base_lr/2/100,
+    # base_lr/2), one-cycle schedule (here: warm-up + cosine), BatchNorm trained and in
+    # training mode (train_bn=True), AdamW.
+    return base.replace(head_epochs=1, unfreeze_blocks=ALL_BLOCKS, gradual=False,
+                        bn_mode="adapt", head_lr=1e-3, backbone_lr=1e-5, optimizer="adamw",
+                        weight_decay=1e-2, schedule="cosine", warmup_epochs=1,
+                        head_hidden_units=0, head_l2=0.0, label_smoothing=0.0,
+                        imbalance="none", early_stopping_patience=0,
+                        finetune_epochs=max(base.head_epochs + base.finetune_epochs - 1, 1))
+
+
+def _linear_probe(base: Strategy) -> Strategy:
+    # A linear classifier on frozen features: the floor any fine-tuning must beat.
+    return base.replace(unfreeze_blocks=0, finetune_epochs=0, gradual=False, bn_mode="frozen",
+                        head_dropout=0.0, head_hidden_units=0, head_l2=0.0,
+                        label_smoothing=0.0, augmentation="none", imbalance="none",
+                        schedule="cosine", warmup_epochs=0, early_stopping_patience=0)
+
+
+BASELINES: tuple[Baseline, ...] = (
+    Baseline("keras_io", "keras.io guide: frozen head, then full fine-tune at 1e-5",
+             "https://keras.io/guides/transfer_learning/", _keras_io),
+    Baseline("fastai_fine_tune", "fastai fine_tune: 1 frozen epoch, then all layers, "
+             "discriminative LRs", "https://docs.fast.ai/callback.schedule.html", _fastai),
+    Baseline("linear_probe", "linear probe: head only on the frozen backbone", "", _linear_probe),
+)
+
+
+def baseline_strategies(base: Strategy, names: tuple[str, ...] | None = None
+                        ) -> list[tuple[Baseline, Strategy]]:
+    """Each requested recipe applied to `base` (backbone, size, weights, seed, epochs)."""
+    chosen = [b for b in BASELINES if names is None or b.name in names]
+    return [(b, b.recipe(base)) for b in chosen]

@@ -1,0 +1,154 @@
+"""Rank backbones before training any: LogME on frozen features, plus a probe check.
+
+LogME (You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer
+Learning", ICML 2021) is the log marginal likelihood ("evidence") of a Bayesian linear
+model from frozen features to each one-hot label column, with the prior and noise
+precisions (alpha, beta) fitted by the fixed-point iteration of MacKay's evidence
+framework over one SVD of the features. Higher is better; it needs no training.
+
+The features are the backbone's pooled outputs over the training split: the same frozen
+pass a head-only trial runs, taken from (and left in) the frozen-prefix cache.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RankRow", "logme", "logme_evidence", "logme_fit", "rank_backbones"]
+
+#: Fixed-point iterations; the paper's implementation converges in a handful.
+MAX_ITERATIONS = 20
+TOLERANCE = 1e-3
+
+
+def _svd(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    f = np.asarray(features, dtype=np.float64)
+    n, d = f.shape
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    return u, s ** 2, n, d
+
+
+def logme_evidence(sigma: np.ndarray, x2: np.ndarray, y2: float, n: int, d: int,
+                   alpha: float, beta: float) -> float:
+    """Per-sample log evidence of one target at given (alpha, beta), in SVD terms.
+
+    `sigma` are the squared singular values of the features, `x2` the squared
+    projections of the target on the left singular vectors, `y2` its squared norm.
+    """
+    denom = alpha + beta * sigma
+    m2 = float(np.sum(beta ** 2 * sigma * x2 / denom ** 2))             # ||m||^2
+    res2 = float(np.sum(x2 * (alpha / denom) ** 2) + (y2 - np.sum(x2)))  # ||F m - y||^2
+    # log|alpha I + beta F^T F|: d - r directions have no singular value (just alpha).
+    logdet = float(np.sum(np.log(denom)) + (d - len(sigma)) * math.log(alpha))
+    evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - n / 2 * math.log(2 * math.pi)
+                - beta / 2 * res2 - alpha / 2 * m2 - logdet / 2)
+    return evidence / n
+
+
+def logme_fit(sigma: np.ndarray, x2: np.ndarray, y2: float, n: int) -> tuple[float, float]:
+    """(alpha, beta) maximising the evidence, by the fixed-point iteration."""
+    alpha, beta = 1.0, 1.0
+    for _ in range(MAX_ITERATIONS):
+        denom = alpha + beta * sigma
+        gamma = float(np.sum(beta * sigma / denom))
+        m2 = float(np.sum(beta ** 2 * sigma * x2 / denom ** 2))
+        res2 = float(np.sum(x2 * (alpha / denom) ** 2) + (y2 - np.sum(x2)))
+        new_alpha = gamma / max(m2, 1e-12)
+        new_beta = (n - gamma) / max(res2, 1e-12)
+        done = abs(new_alpha / new_beta - alpha / beta) <= TOLERANCE * (alpha / beta)
+        alpha, beta = new_alpha, new_beta
+        if done:
+            break
+    return alpha, beta
+
+
+def logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """LogME score of features (n, d) for integer labels: mean per-class evidence."""
+    labels = np.asarray(labels)
+    if features.ndim != 2 or len(features) != len(labels):
+        raise ValueError("features must be (n, d) with one label per row")
+    u, sigma, n, d = _svd(features)
+    scores = []
+    for k in np.unique(labels):
+        y = (labels == k).astype(np.float64)
+        x2 = (u.T @ y) ** 2
+        y2 = float(y @ y)
+        alpha, beta = logme_fit(sigma, x2, y2, n)
+        scores.append(logme_evidence(sigma, x2, y2, n, d, alpha, beta))
+    return float(np.mean(scores))
+
+
+@dataclass(frozen=True)
+class RankRow:
+    """One backbone at one size, scored before any training."""
+
+    backbone: str
+    image_size: int
+    weights: str
+    logme: float
+    probe_balanced_accuracy: float
+    feature_dim: int
+    seconds: float
+    cache_hit: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.backbone}@{self.image_size}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), key=self.key)
+
+
+def _pooled(activations: np.ndarray) -> np.ndarray:
+    a = np.asarray(activations, dtype=np.float32)
+    return a.mean(axis=(1, 2)) if a.ndim == 4 else a.reshape(len(a), -1)
+
+
+def _probe(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray) -> float:
+    """Balanced accuracy of a standardised logistic regression on the pooled features."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(train, y_train)
+    return float(balanced_accuracy_score(y_val, probe.predict(val)))
+
+
+def rank_backbones(pairs: list[tuple[str, int, str]], data: Any, cache: Any, *, seed: int = 0,
+                   on_row: Any = None) -> list[RankRow]:
+    """Score each (backbone, size, weights) on the training split; best LogME first."""
+    from tlsearch.model import build_transfer_model
+    from tlsearch.strategy import Strategy
+    from tlsearch.train import frozen_features
+
+    y_train, y_val = data.labels("train"), data.labels("val")
+    rows = []
+    for backbone, size, weights in pairs:
+        t0 = time.perf_counter()
+        strategy = Strategy(backbone=backbone, image_size=size, weights=weights,
+                            unfreeze_blocks=0, finetune_epochs=0, seed=seed)
+        tm = build_transfer_model(strategy, len(data.classes), reuse_backbone=True)
+        train, hit = frozen_features(tm, data, cache, "train", "clean")
+        val, _ = frozen_features(tm, data, cache, "val", "clean", exact=True)
+        f_train, f_val = _pooled(train), _pooled(val)
+        row = RankRow(backbone=backbone, image_size=size, weights=weights,
+                      logme=logme(f_train, y_train),
+                      probe_balanced_accuracy=_probe(f_train, y_train, f_val, y_val),
+                      feature_dim=int(f_train.shape[1]), seconds=time.perf_counter() - t0,
+                      cache_hit=hit)
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return sorted(rows, key=lambda r: r.logme, reverse=True)
