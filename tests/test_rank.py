@@ -67,3 +67,27 @@ def test_rank_backbones_scores_and_fills_the_cache(trial_data, tmp_path):
                                 unfreeze_blocks=0, head_epochs=1, seed=0), trial_data,
                        feature_cache=cache)
     assert result.cache == {"hits": 2, "misses": 0}
+
+
+def test_rank_command_prints_the_ranking(colour_data, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tests.test_study import TINY_SPACE
+    from tlsearch.cli import app
+
+    space = tmp_path / "two.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1)
+                     .replace("tiny_cnn: [32]", "tiny_cnn: [32, 48]"))
+    base = ["rank", str(colour_data), "--space", str(space), "--weights", "none",
+            "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, base + ["--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["key"] for r in rows] and {r["key"] for r in rows} == {"tiny_cnn@32",
+                                                                      "tiny_cnn@48"}
+    table = CliRunner().invoke(app, base)
+    assert table.exit_code == 0 and "LogME" in table.output
+    bad = CliRunner().invoke(app, base[:3] + ["--space", "nope"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output

@@ -150,3 +150,69 @@ def test_cli_search_status_and_errors(setup):
         assert "Traceback" not in r.output
     missing = runner.invoke(app, ["status", "nope", "--out", str(tmp_path / "studies")])
     assert missing.exit_code != 0 and "no study" in missing.output
+
+
+def test_baselines_run_first_once_each_marked_and_unpruned(setup):
+    import dataclasses
+
+    from tlsearch.report import build_report
+    from tlsearch.study import open_study
+
+    tmp_path, data, space = setup
+    config = _config(tmp_path, data, space, trials=6, pruner="median")
+    run_search(config)
+    run_search(dataclasses.replace(config, trials=7))  # re-running enqueues nothing again
+    trials = open_study(config, create=False).study.get_trials()
+    base = {t.user_attrs["baseline"]: t for t in trials if t.user_attrs.get("baseline")}
+    assert set(base) == {"keras_io", "fastai_fine_tune", "linear_probe"}
+    assert sorted(t.number for t in base.values()) == [0, 1, 2]
+    # Complete (never pruned), and invisible to the sampler: no searchable params.
+    assert all(t.state.name == "COMPLETE" and t.params == {} for t in base.values())
+    keras_io = base["keras_io"].user_attrs["strategy"]
+    assert (keras_io["unfreeze_blocks"], keras_io["backbone_lr"], keras_io["bn_mode"]) == (
+        -1, 1e-5, "frozen")
+    assert base["fastai_fine_tune"].user_attrs["strategy"]["head_epochs"] == 1
+    assert base["linear_probe"].user_attrs["strategy"]["finetune_epochs"] == 0
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 7
+    html = build_report(config.study_dir, tmp_path / "r.html").read_text()
+    assert 'id="baselines"' in html and "keras.io guide" in html
+
+
+def test_ranking_and_keep_top_backbones_restrict_the_search(tmp_path):
+    from tlsearch.study import open_study
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
+    space = tmp_path / "two.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1)
+                     .replace("tiny_cnn: [32]", "tiny_cnn: [32, 48]"))
+    config = _config(tmp_path, data, space, trials=3, keep_top_backbones=1)
+    events = []
+    run_search(config, on_event=lambda kind, info: events.append((kind, info)))
+    study = open_study(config, create=False).study
+    ranking = study.user_attrs["ranking"]
+    assert {r["key"] for r in ranking} == {"tiny_cnn@32", "tiny_cnn@48"}
+    assert ranking[0]["logme"] >= ranking[1]["logme"]
+    kept = study.user_attrs["kept_backbones"]
+    assert kept == [ranking[0]["key"]]
+    sizes = {t.user_attrs["strategy"]["image_size"] for t in study.get_trials()}
+    assert sizes == {int(kept[0].split("@")[1])}
+    assert sum(k == "rank" for k, _ in events) == 2
+
+
+def test_constraints_limit_the_recommendation(setup):
+    tmp_path, data, space = setup
+    runner = CliRunner()
+    out = tmp_path / "studies"
+    base = ["search", str(data), "--space", str(space), "--study", "c", "--out", str(out),
+            "--weights", "none", "--cache-dir", str(tmp_path / "c"), "--trials", "2",
+            "--pruner", "none"]
+    result = runner.invoke(app, base + ["--max-params", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Recommendation" not in result.output
+    status = runner.invoke(app, ["status", "c", "--out", str(out), "--json"])
+    summary = json.loads(status.stdout)
+    assert summary["best"] is None and summary["excluded_by_constraints"] == 2
+    from tlsearch.report import build_report
+
+    html = build_report(out / "c", tmp_path / "c.html").read_text()
+    assert "No trial meets the constraints" in html

@@ -3,8 +3,8 @@
 One entry per (backbone, weights identity, image size, cut, dataset part, view).
 Entries are float16 `.npy` files (float32 where exact values matter) with a JSON sidecar
 holding their SHA-256; both are written to a temporary name and renamed into place, and
-a per-entry lock file makes concurrent workers wait for the one that computes. A torn or corrupt entry fails its
-checksum and is recomputed, never trusted.
+a per-entry lock file makes concurrent workers wait for the one that computes. A torn or
+corrupt entry fails its checksum and is recomputed, never trusted.
 """
 
 from __future__ import annotations

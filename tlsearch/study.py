@@ -505,7 +505,7 @@ def _initialise(handle: StudyHandle, space: Any, weights: dict[str, str], data: 
                 cache: Any, emit: Callable[[str, dict], None]) -> None:
     """Once per study, before its first trial: rank the backbones, keep the top ones if
     asked, and enqueue the baseline recipes on the best-ranked backbone."""
-    from tlsearch.baselines import baseline_strategies
+    from tlsearch.baselines import BASELINES, baseline_strategies
     from tlsearch.rank import rank_backbones
 
     config, study = handle.config, handle.study
@@ -526,7 +526,11 @@ def _initialise(handle: StudyHandle, space: Any, weights: dict[str, str], data: 
         study.set_user_attr("kept_backbones", kept)
         emit("notice", {"message": f"searching only the top {len(kept)} by LogME: "
                                    f"{', '.join(kept)}"})
-    if config.baselines:
+    if config.baselines and config.trials < 2 * len(BASELINES):
+        emit("notice", {"message": f"baseline recipes skipped: {config.trials} trials leave no "
+                                   f"room for the {len(BASELINES)} recipes and a search "
+                                   f"(needs --trials {2 * len(BASELINES)} or more)"})
+    elif config.baselines:
         top = ranking[0]["key"] if ranking else "{}@{}".format(*space.backbone_sizes()[0])
         name = top.split("@")[0]
         base = space.fixed_strategy(backbone=top, weights="none", seed=config.seed)

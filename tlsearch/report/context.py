@@ -1170,9 +1170,11 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
 
     complete = sorted((t for t in trials if t["state"] == "complete" and t["value"] is not None),
                       key=lambda t: (-t["value"], t["number"]))
-    best = complete[0] if complete else None
     for rank, t in enumerate(complete, start=1):
         t["rank"] = rank
+    constraints = _constraints(config, complete)
+    eligible = [t for t in complete if t["eligible"]]
+    best = eligible[0] if eligible else None
 
     def spec_of(s: dict[str, Any] | None) -> Any:
         try:
@@ -1262,6 +1264,9 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         "doctor": doctor,
         "doctor_note": doctor_note,
         "search": _search_health(trials),
+        "constraints": constraints,
+        "baselines": _baselines(trials, best, metric),
+        "ranking": _ranking(handle.study.user_attrs.get("ranking") or [], complete),
         "cost": {"time": cost_points, "latency": latency_points,
                  "time_front": pareto_front(cost_points),
                  "latency_front": pareto_front(latency_points),
@@ -1273,6 +1278,71 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
                                          Path(config.data_dir), classes, metric)
                              if best is not None else None)
     return context
+
+
+def _constraints(config: Any, complete: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mark each complete trial `eligible` under --max-latency-ms / --max-params."""
+    from tlsearch.study import meets_constraints
+
+    for t in complete:
+        t["eligible"] = meets_constraints(config, t["latency_ms"], t["params_total"])
+    limits = []
+    if getattr(config, "max_latency_ms", None) is not None:
+        limits.append(f"at most {config.max_latency_ms:g} ms per image on CPU")
+    if getattr(config, "max_params", None) is not None:
+        limits.append(f"at most {config.max_params:,} parameters")
+    excluded = [t["number"] for t in complete if not t["eligible"]]
+    return {"limits": limits, "excluded": excluded,
+            "none_eligible": bool(complete) and len(excluded) == len(complete)}
+
+
+def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
+               metric: str) -> list[dict[str, Any]]:
+    """Each standard recipe's trial, and how the recommendation compares with it."""
+    from tlsearch.baselines import BASELINES
+
+    titles = {b.name: b.title for b in BASELINES}
+    rows = []
+    for t in trials:
+        name = t["baseline"]
+        if not name or t["state"] in ("waiting",) or (
+                t["failure_reason"] in NOT_THE_RECIPE and t["state"] == "failed"):
+            continue
+        row = {"name": display(name), "title": titles.get(name, display(name)),
+               "number": t["number"], "state": t["state"], "value": t["value"],
+               "seconds": t["seconds"], "gain_points": None, "time_ratio": None,
+               "is_best": best is not None and best["number"] == t["number"]}
+        if best is not None and t["state"] == "complete" and t["value"] is not None:
+            row["gain_points"] = 100.0 * (best["value"] - t["value"])
+            if best["seconds"] and t["seconds"]:
+                row["time_ratio"] = best["seconds"] / t["seconds"]
+        rows.append(row)
+    return rows
+
+
+def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]]) -> dict[str, Any]:
+    """The LogME ranking next to what training found, with their rank correlation."""
+    if not rows:
+        return {"rows": [], "spearman": None, "note": None}
+    best_by_key: dict[str, float] = {}
+    for t in complete:
+        s = t["strategy"] or {}
+        key = f"{s.get('backbone')}@{s.get('image_size')}"
+        best_by_key[key] = max(best_by_key.get(key, -1.0), t["value"])
+    table = [{"key": display(r["key"]), "logme": r["logme"],
+              "probe": r.get("probe_balanced_accuracy"), "best": best_by_key.get(r["key"]),
+              "kept": True} for r in rows]
+    both = [(r["logme"], r["best"]) for r in table if r["best"] is not None]
+    spearman, note = None, None
+    if len(both) >= 3:
+        from scipy.stats import spearmanr
+
+        value = spearmanr([a for a, _ in both], [b for _, b in both]).statistic
+        spearman = None if value != value else float(value)  # NaN when a side is constant
+    else:
+        note = (f"{len(both)} ranked backbone(s) have a completed trial: too few for a rank "
+                "correlation (needs 3).")
+    return {"rows": table, "spearman": spearman, "note": note}
 
 
 def _describe(s: dict[str, Any]) -> str:
@@ -1288,6 +1358,8 @@ def _board_row(t: dict[str, Any]) -> dict[str, Any]:
     s = t["strategy"] or {}
     return {
         "rank": t.get("rank"), "number": t["number"], "value": t["value"],
+        "baseline": display(t["baseline"]) if t.get("baseline") else None,
+        "eligible": t.get("eligible", True),
         "accuracy": t["metrics"].get("accuracy"),
         "balanced_accuracy": t["metrics"].get("balanced_accuracy"),
         "macro_f1": t["metrics"].get("macro_f1"),
