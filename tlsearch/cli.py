@@ -117,6 +117,16 @@ class Pruner(str, Enum):
     none = "none"
 
 
+class Engine(str, Enum):
+    optuna = "optuna"
+    keras_tuner = "keras-tuner"
+
+
+class KtOracle(str, Enum):
+    hyperband = "hyperband"
+    bayesian = "bayesian"
+
+
 class Metric(str, Enum):
     balanced_accuracy = "balanced_accuracy"
     accuracy = "accuracy"
@@ -242,6 +252,11 @@ def search(
         min=0.0, help="Recommend only models at most this slow (batch-1 CPU ms).")] = None,
     max_params: Annotated[int | None, typer.Option(
         min=1, help="Recommend only models with at most this many parameters.")] = None,
+    engine: Annotated[Engine, typer.Option(
+        help="Who picks the trials: Optuna (TPE + --pruner) or KerasTuner's oracle "
+             "(--kt-oracle) driving the same engine.")] = Engine.optuna,
+    kt_oracle: Annotated[KtOracle, typer.Option(
+        help="KerasTuner oracle for --engine keras-tuner.")] = KtOracle.hyperband,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.study import SearchConfig
@@ -255,7 +270,8 @@ def search(
         cache_dir=str(cache_dir) if cache_dir else None, pruner=pruner.value,
         val_fraction=val_fraction, force=force, rank=rank,
         keep_top_backbones=keep_top_backbones, baselines=baselines,
-        max_latency_ms=max_latency_ms, max_params=max_params)
+        max_latency_ms=max_latency_ms, max_params=max_params, engine=engine.value,
+        kt_oracle=kt_oracle.value)
     _run(config, workers)
 
 
@@ -314,7 +330,16 @@ def _run(config, workers: int = 1) -> None:
     progress = SearchProgress(console, total=config.trials)
     try:
         with progress:
-            if workers > 1:
+            if config.engine == "keras-tuner":
+                if workers > 1:
+                    raise SearchError("--engine keras-tuner runs one worker (KerasTuner's "
+                                      "own parallel mode needs its gRPC chief); use the "
+                                      "optuna engine for --workers")
+                from tlsearch.tuner import run_keras_tuner
+
+                outcome = run_keras_tuner(config, oracle=config.kt_oracle,
+                                          on_event=progress.event)
+            elif workers > 1:
                 from tlsearch.workers import run_workers
 
                 outcome = run_workers(config, workers, on_event=progress.event)

@@ -22,10 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import numpy as np
 
 from tlsearch.backbones import BackboneSpec, Blocks, build_backbone, find_blocks, get_spec
 from tlsearch.strategy import ALL_BLOCKS, Strategy
+
+# Keras 3 warns on every call of a nested functional model (our head) that the input
+# "structure" differs (a list of one tensor vs one tensor); the call is correct.
+warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't match",
+                        category=UserWarning)
 
 __all__ = [
     "AUGMENTATION_LEVELS",

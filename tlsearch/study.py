@@ -33,6 +33,7 @@ __all__ = [
     "default_cache_dir",
     "load_config",
     "open_study",
+    "prepare_search",
     "prepare_split",
     "run_search",
     "study_summary",
@@ -83,6 +84,8 @@ class SearchConfig:
     baselines: bool = True
     max_latency_ms: float | None = None
     max_params: int | None = None
+    engine: str = "optuna"  # or "keras-tuner"
+    kt_oracle: str = "hyperband"  # KerasTuner's oracle: hyperband or bayesian
 
     @property
     def study_dir(self) -> Path:
@@ -555,24 +558,28 @@ def meets_constraints(config: SearchConfig, latency_ms: float | None,
     return True
 
 
-def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | None = None,
-               nan_at_step: int | None = None) -> SearchOutcome:
-    """Run (or continue) a search until `config.trials` trials are finished.
+@dataclass
+class Prepared:
+    """A study ready for trials: its data, cache, weights per backbone and the space
+    left after weights, ranking and `--keep-top-backbones`."""
 
-    Args:
-        on_event: progress callback, called as `on_event(kind, info)` with kind one of
-            "notice", "data", "trial_start", "epoch", "trial_end".
-    """
+    handle: StudyHandle
+    space: Any
+    weights: dict[str, str]
+    data: Any
+    cache: Any
+    metric: str
+
+
+def prepare_search(config: SearchConfig, emit: Callable[[str, dict], None]) -> Prepared:
+    """Open the study, load its split and data, resolve weights, and (once per study)
+    rank the backbones and enqueue the baselines. Shared by both search engines."""
     import optuna
-    from optuna.trial import TrialState
 
-    from tlsearch.backbones import WeightsUnavailableError
     from tlsearch.features import FeatureCache
-    from tlsearch.strategy import Strategy
-    from tlsearch.train import TrialData, TrialPruned, run_trial
+    from tlsearch.train import TrialData
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    emit = on_event or (lambda kind, info: None)
     handle = open_study(config)
     study = handle.study
     metric = study.user_attrs.get("metric") or handle.space.objective
@@ -597,6 +604,28 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
     kept = study.user_attrs.get("kept_backbones")
     if kept:
         space = space.restrict_backbones(kept)
+    return Prepared(handle=handle, space=space, weights=weights, data=data, cache=cache,
+                    metric=metric)
+
+
+def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | None = None,
+               nan_at_step: int | None = None) -> SearchOutcome:
+    """Run (or continue) a search until `config.trials` trials are finished.
+
+    Args:
+        on_event: progress callback, called as `on_event(kind, info)` with kind one of
+            "notice", "data", "trial_start", "epoch", "trial_end".
+    """
+    from optuna.trial import TrialState
+
+    from tlsearch.backbones import WeightsUnavailableError
+    from tlsearch.strategy import Strategy
+    from tlsearch.train import TrialPruned, run_trial
+
+    emit = on_event or (lambda kind, info: None)
+    prepared = prepare_search(config, emit)
+    handle, study, space = prepared.handle, prepared.handle.study, prepared.space
+    metric, data, cache, weights = prepared.metric, prepared.data, prepared.cache, prepared.weights
 
     recovered = recover_stale_trials(handle, stale_after=config.stale_after)
     if recovered:
@@ -699,7 +728,7 @@ def _keep_model_if_top(handle: StudyHandle, number: int, result: Any) -> None:
     from optuna.trial import TrialState
 
     others = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.value is not None]
+              if t.value is not None and t.number != number]
     ranked = sorted([(t.value, -t.number, t.number) for t in others]
                     + [(result.objective, -number, number)], reverse=True)
     keep = {n for _, _, n in ranked[:KEEP_TOP_MODELS]}

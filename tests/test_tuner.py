@@ -1,0 +1,84 @@
+"""`--engine keras-tuner`: KerasTuner's oracle driving the trial engine, resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import write_colour_dataset
+from tests.test_study import TINY_SPACE
+from tlsearch.cli import app
+from tlsearch.study import SearchConfig, open_study
+from tlsearch.tuner import _HpTrial, run_keras_tuner
+
+
+@pytest.fixture
+def setup(tmp_path):
+    data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=2, finetune_epochs=1))
+    return tmp_path, data, space
+
+
+def test_space_compiles_to_keras_tuner_hyperparameters(setup):
+    import keras_tuner as kt
+
+    from tlsearch.space import load_space
+
+    _, _, space_path = setup
+    space = load_space(str(space_path), known_backbones={"tiny_cnn"})
+    hp = kt.HyperParameters()
+    strategy = space.sample(_HpTrial(hp, number=3), weights="none", seed=10)
+    names = {p.name for p in hp.space}
+    assert {"unfreeze_blocks", "head_lr"} <= names  # one backbone: fixed, not searched
+    head_lr = next(p for p in hp.space if p.name == "head_lr")
+    assert isinstance(head_lr, kt.engine.hyperparameters.Float) and head_lr.sampling == "log"
+    assert strategy.seed == 13 and strategy.backbone == "tiny_cnn"
+
+
+def test_keras_tuner_engine_completes_resumes_and_reports(setup):
+    tmp_path, data, space = setup
+    config = SearchConfig(data_dir=str(data), space=str(space), study="kt",
+                          out=str(tmp_path / "studies"), weights="none",
+                          cache_dir=str(tmp_path / "cache"), engine="keras-tuner",
+                          baselines=False, trials=4)
+    # Hyperband's first bracket: three trials stopped at 1 epoch, the best promoted to 3.
+    first = run_keras_tuner(config, oracle="hyperband")
+    assert first.counts == {"pruned": 3, "complete": 1}
+    assert (tmp_path / "studies" / "kt" / "keras_tuner" / "oracle.json").exists()
+    second = run_keras_tuner(dataclasses.replace(config, trials=6), oracle="hyperband")
+    assert sum(second.counts.get(k, 0) for k in ("complete", "pruned")) == 6
+    trials = open_study(config, create=False).study.get_trials()
+    kt_ids = [t.user_attrs["kt_trial_id"] for t in trials]
+    assert len(set(kt_ids)) == len(kt_ids) == 6, "resuming re-ran no KerasTuner trial"
+    promoted = [t for t in trials if t.state.name == "COMPLETE"][0]
+    assert promoted.user_attrs["resumed_from_step"] == 1  # continued, not restarted
+    assert any(t.state.name == "COMPLETE" for t in trials)
+    runner = CliRunner()
+    status = runner.invoke(app, ["status", "kt", "--out", str(tmp_path / "studies"), "--json"])
+    assert status.exit_code == 0
+    summary = json.loads(status.stdout)
+    assert summary["best"] is not None and summary["best"]["strategy"]["backbone"] == "tiny_cnn"
+    report = runner.invoke(app, ["report", "kt", "--studies", str(tmp_path / "studies"),
+                                 "--out", str(tmp_path / "kt.html")])
+    assert report.exit_code == 0, report.output
+    assert "tlsearch export kt" in (tmp_path / "kt.html").read_text()
+
+
+def test_cli_engine_flag_and_refusals(setup):
+    tmp_path, data, space = setup
+    runner = CliRunner()
+    base = ["search", str(data), "--space", str(space), "--study", "e", "--out",
+            str(tmp_path / "studies"), "--weights", "none", "--cache-dir", str(tmp_path / "c"),
+            "--engine", "keras-tuner", "--kt-oracle", "bayesian", "--trials", "2",
+            "--no-baselines"]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 0, result.output
+    assert "Recommendation" in result.output
+    refused = runner.invoke(app, base + ["--workers", "2"])
+    assert refused.exit_code != 0 and "one worker" in refused.output
+    bad = runner.invoke(app, base[:-4] + ["--engine", "ray"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
