@@ -17,12 +17,11 @@ model, and `bn_mode == "adapt"` in the training graphs.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import numpy as np
 
