@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo test test-reliability test-all lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The kill/corrupt/flood suite (tests/reliability), CI's reduced count; the full run
+# (50 kills, figures written to tests/reliability/RESULTS.md):
+#   TLSEARCH_RELIABILITY_FULL=1 make test-reliability
+test-reliability: $(STAMP)
+	$(BIN)/python -m pytest -m reliability tests/reliability
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "" 

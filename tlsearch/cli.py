@@ -347,6 +347,14 @@ def _run(config, workers: int = 1) -> None:
                 outcome = run_search(config, on_event=progress.event)
     except (SearchError, SpaceError) as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:
+        from tlsearch.study import DISK_ERRNOS
+
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise fail(f"{exc.strerror}{where}: free space or fix permissions (or use another "
+                   "--cache-dir/--out), then re-run the same command to resume") from None
     progress.summary(outcome, config)
     _write_report(config)
     if outcome.stopped == "interrupted":

@@ -10,6 +10,7 @@ checkpoint, and a changed dataset or space is refused unless forced.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -18,7 +19,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -128,7 +129,14 @@ def make_storage(url: str | None, study_dir: Path):
     if url is None or url.endswith((".log", ".journal")) and "://" not in url:
         path = study_dir / JOURNAL_FILE if url is None else Path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        repair_torn_journal(path)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise SearchError(
+                f"the study storage {path} is damaged ({type(exc).__name__}: {exc}); restore "
+                "it from a backup, or start a new --study (trial folders are untouched)"
+            ) from None
     scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
     if scheme not in ("sqlite", "postgresql", "mysql"):
         raise SearchError(f"unknown storage {url!r}: use a path ending in .log, sqlite:///FILE, "
@@ -139,6 +147,52 @@ def make_storage(url: str | None, study_dir: Path):
     except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SearchError(f"cannot open storage {url}: {first}") from None
+
+
+def repair_torn_journal(path: Path) -> int:
+    """Cut a half-written last record off the journal; returns the bytes removed.
+
+    A process killed in the middle of an append leaves a line without its newline.
+    Optuna skips it when reading, but the next append would be glued to it and corrupt
+    the journal for good. The fragment was never committed (its write did not finish),
+    so removing it loses nothing; it is kept beside the journal for inspection.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    try:
+        if path.stat().st_size == 0:
+            return 0
+    except FileNotFoundError:
+        return 0
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()  # the lock writers hold: no append is in flight while we look
+    try:
+        with open(path, "rb+") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 1))
+            if fh.read(1) == b"\n":
+                return 0
+            # Find the last complete line, reading backwards in blocks.
+            end, keep = size, 0
+            while end > 0:
+                start = max(0, end - 65536)
+                fh.seek(start)
+                block = fh.read(end - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    keep = start + cut + 1
+                    break
+                end = start
+            fh.seek(keep)
+            tail = fh.read()
+            (path.parent / f"{path.name}.torn-{int(time.time())}").write_bytes(tail)
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+            return size - keep
+    finally:
+        lock.release()
 
 
 def _make_pruner(name: str, max_resource: int):
@@ -220,19 +274,21 @@ def open_study(config: SearchConfig, *, create: bool = True) -> StudyHandle:
     return StudyHandle(config=config, study=study, space=space, storage=storage)
 
 
-def _max_steps(space: Any) -> int:
+def _space_high(space: Any, name: str, default: int) -> int:
+    """The largest value an integer parameter of the space can take."""
     from tlsearch.space import Range
 
-    def high(name: str, default: int) -> int:
-        param = space.params.get(name)
-        if param is None:
-            return default
-        if isinstance(param, Range):
-            return int(param.high)
-        values = getattr(param, "choices", None) or (param.value,)
-        return int(max(values))
+    param = space.params.get(name)
+    if param is None:
+        return default
+    if isinstance(param, Range):
+        return int(param.high)
+    values = getattr(param, "choices", None) or (param.value,)
+    return int(max(values))
 
-    return high("head_epochs", 3) + high("finetune_epochs", 3)
+
+def _max_steps(space: Any) -> int:
+    return _space_high(space, "head_epochs", 3) + _space_high(space, "finetune_epochs", 3)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -537,13 +593,40 @@ def _initialise(handle: StudyHandle, space: Any, weights: dict[str, str], data: 
         top = ranking[0]["key"] if ranking else "{}@{}".format(*space.backbone_sizes()[0])
         name = top.split("@")[0]
         base = space.fixed_strategy(backbone=top, weights="none", seed=config.seed)
-        base = base.replace(weights=weights[name])
+        # The recipes get the space's full epoch budget (its first choice of unfreeze
+        # depth may be 0, which leaves a fixed strategy no fine-tuning epochs).
+        base = base.replace(weights=weights[name],
+                            head_epochs=_space_high(space, "head_epochs", base.head_epochs),
+                            finetune_epochs=_space_high(space, "finetune_epochs", 3))
         for baseline, strategy in baseline_strategies(base):
             study.enqueue_trial({}, user_attrs={"baseline": baseline.name,
                                                 "strategy": strategy.to_dict()})
         emit("notice", {"message": f"baseline recipes enqueued first, on {top}: "
                                    + ", ".join(b.name for b, _ in baseline_strategies(base))})
     study.set_user_attr("initialised", True)
+
+
+#: errno values that mean "this disk cannot take the write", not "the code is wrong".
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _stop_on_disk_error(handle: StudyHandle, trial: Any, exc: OSError) -> None:
+    """A write failed for lack of space or permission: requeue the trial (its last
+    checkpoint, if one was written, is kept) and stop with one line saying what to do."""
+    from optuna.trial import TrialState
+
+    reason = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full",
+              errno.EROFS: "read_only"}.get(exc.errno, "not_writable")
+    try:  # the storage may live on the same full disk: best effort, recovery covers it
+        handle.study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", reason)
+        handle.study.tell(trial, state=TrialState.FAIL)
+        _enqueue_retry(handle, handle.study.get_trials(deepcopy=False)[trial.number])
+    except Exception:
+        pass
+    where = f" writing {exc.filename}" if exc.filename else ""
+    raise SearchError(f"{os.strerror(exc.errno)}{where}: free space (or fix permissions), "
+                      "or use another --cache-dir/--out, then re-run the same command to "
+                      "resume") from None
 
 
 def meets_constraints(config: SearchConfig, latency_ms: float | None,
@@ -609,12 +692,15 @@ def prepare_search(config: SearchConfig, emit: Callable[[str, dict], None]) -> P
 
 
 def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | None = None,
-               nan_at_step: int | None = None) -> SearchOutcome:
+               nan_at_step: int | None = None,
+               nan_trials: Collection[int] | None = None) -> SearchOutcome:
     """Run (or continue) a search until `config.trials` trials are finished.
 
     Args:
         on_event: progress callback, called as `on_event(kind, info)` with kind one of
-            "notice", "data", "trial_start", "epoch", "trial_end".
+            "notice", "data", "rank", "trial_start", "epoch", "trial_end".
+        nan_at_step, nan_trials: test hooks: every trial (or only the trials with these
+            numbers, from their first step) behaves as if its loss became NaN.
     """
     from optuna.trial import TrialState
 
@@ -676,8 +762,9 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             with _Heartbeat(trial, tdir / "heartbeat", beat_every):
                 result = run_trial(strategy, data, reporter, checkpoint_dir=tdir / "checkpoint",
                                    resume_from=tdir / "checkpoint", metric=metric,
-                                   feature_cache=cache, nan_at_step=nan_at_step,
-                                   reuse_backbone=True)
+                                   feature_cache=cache, reuse_backbone=True,
+                                   nan_at_step=1 if nan_trials and trial.number in nan_trials
+                                   else nan_at_step)
         except TrialPruned:
             _write_json(tdir / "result.json", {"state": "pruned", "strategy": strategy.to_dict()})
             study.tell(trial, state=TrialState.PRUNED)
@@ -695,7 +782,16 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
                                                "weights_unavailable")
             study.tell(trial, state=TrialState.FAIL)
             raise SearchError(str(exc)) from None
-        _save_result(tdir, result)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            _stop_on_disk_error(handle, trial, exc)
+        try:
+            _save_result(tdir, result)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            _stop_on_disk_error(handle, trial, exc)
         if result.state == "failed":
             trial.set_user_attr("failure_reason", result.failure_reason)
             trial.set_user_attr("failure_detail", result.failure_detail[:500])
