@@ -917,6 +917,18 @@ def _decode_into(
     out = np.lib.format.open_memmap(
         tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)
     )
+    # The memory map is a sparse file: on a full disk the first write to a page the
+    # filesystem cannot back kills the process with SIGBUS. Reserve every block now,
+    # so a full disk is an ordinary ENOSPC error instead.
+    if hasattr(os, "posix_fallocate"):  # Linux and most Unixes; not macOS
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            del out
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from None
+        finally:
+            os.close(fd)
 
     def fill(i: int) -> None:
         out[i] = decode_image(root / paths[i], size, method=method)
