@@ -186,6 +186,15 @@ def repair_torn_journal(path: Path) -> int:
                 end = start
             fh.seek(keep)
             tail = fh.read()
+            try:  # the record is whole and only its newline is missing: keep it
+                json.loads(tail)
+                fh.seek(size)
+                fh.write(b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                return 0
+            except ValueError:
+                pass
             (path.parent / f"{path.name}.torn-{int(time.time())}").write_bytes(tail)
             fh.truncate(keep)
             fh.flush()
@@ -260,6 +269,13 @@ def open_study(config: SearchConfig, *, create: bool = True) -> StudyHandle:
                 f"study {config.study!r} was created with a different search space; "
                 "re-run with the same --space/--set, use a new --study, or pass --force")
     except KeyError:
+        if (study_dir / "trials").is_dir() and any((study_dir / "trials").iterdir()):
+            # Trial folders but no study in the storage: the storage lost it. Creating a
+            # new study here would overwrite those trials' folders.
+            raise SearchError(
+                f"the study storage in {study_dir} is damaged: it no longer holds study "
+                f"{config.study!r}, whose trial folders are still there; restore it from a "
+                "backup, or start a new --study") from None
         if not create:
             raise SearchError(f"no study named {config.study!r} in {study_dir}") from None
         study = optuna.create_study(study_name=config.study, storage=storage,
@@ -300,7 +316,20 @@ def _write_json(path: Path, data: Any) -> None:
 # -- recovery ------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_start(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, Linux), to tell a reused PID."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether the worker process `pid` (started at `started`, if known) still runs."""
+    if pid == os.getpid():
+        # This process is between trials whenever it checks: a RUNNING trial that names
+        # it was left behind by an earlier, aborted search loop in this same process.
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -309,9 +338,12 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:  # a killed child that its parent has not reaped yet is a zombie: dead
         stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
     except (OSError, IndexError):
         return True
+    # The PID was reused by a newer process (after a reboot, say): the worker is gone.
+    return started is None or _process_start(pid) in (None, started)
 
 
 def recover_stale_trials(handle: StudyHandle, *, stale_after: float) -> list[int]:
@@ -339,7 +371,8 @@ def recover_stale_trials(handle: StudyHandle, *, stale_after: float) -> list[int
         except OSError:
             pass
         age = time.time() - max(beats)
-        same_host_dead = worker.get("host") == host and not _pid_alive(int(worker.get("pid", 0)))
+        same_host_dead = worker.get("host") == host and not _pid_alive(
+            int(worker.get("pid", 0)), worker.get("started"))
         if not (same_host_dead or age > stale_after):
             continue
         try:
@@ -736,6 +769,9 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             if _finished_count(study, with_running=True) >= config.trials:
                 break
             trial = study.ask()
+            # Claim it at once: a trial without an owner can only be recovered by age.
+            trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
+                                           "started": _process_start(os.getpid())})
         attrs = trial.user_attrs  # enqueued retries carry their strategy and checkpoint
         if attrs.get("strategy"):
             if not attrs.get("baseline"):  # baselines stay out of the sampler's sight
@@ -747,7 +783,6 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
         tdir = handle.trial_dir(trial.number)
         tdir.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("strategy", strategy.to_dict())
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         resume_from = attrs.get("resume_from")
         if resume_from and Path(resume_from).exists() and Path(resume_from) != tdir / "checkpoint":
             shutil.copytree(resume_from, tdir / "checkpoint", dirs_exist_ok=True)

@@ -166,7 +166,8 @@ def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, 
         backbone=s.backbone, weights=weights_identity(tm.spec, s.weights, size=s.image_size,
                                                       seed=s.seed),
         size=s.image_size, cut=tm.cut, fingerprint=data.fingerprint,
-        paths=hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+        # File names are bytes on Unix: one that is not UTF-8 arrives surrogate-escaped.
+        paths=hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest(),
         view=f"{view}/float32" if exact else view,
     )
 
