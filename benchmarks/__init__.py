@@ -1,0 +1,30 @@
+"""Benchmarks: scripts that print their figures and keep them in RESULTS-*.md files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MARKER = "<!-- figures -->"
+
+
+def write_results(name: str, lines: list[str]) -> Path:
+    """Replace the figures of `benchmarks/<name>` (below the marker), keeping the
+    hand-written verdict above it."""
+    out = Path(__file__).with_name(name)
+    existing = out.read_text() if out.exists() else ""
+    head = existing.split(MARKER)[0] if MARKER in existing else ""
+    out.write_text(head + MARKER + "\n" + "\n".join(lines) + "\n")
+    return out
+
+
+def demo_with_space(prefix: str, space_yaml: str) -> tuple[Path, Path]:
+    """A temporary folder with the demo data (64 px) and a space file: (data, space)."""
+    import tempfile
+
+    from tlsearch.demo import write_demo_data
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    write_demo_data(tmp / "demo", size=64)
+    space = tmp / "space.yaml"
+    space.write_text(space_yaml)
+    return tmp / "demo", space

@@ -22,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from benchmarks import write_results  # noqa: E402
+
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as fh:
@@ -147,11 +149,7 @@ def main() -> None:
                      f"{ours_score:.3f} | {plain_score:.3f} |")
     lines += ["", f"RSS after trial 5: {rss5:.0f} MB; after trial {len(rss)}: {rss_last:.0f} MB "
               f"({(rss_last / rss5 - 1) * 100:+.1f}%).", ""]
-    out = Path(__file__).with_name("RESULTS-engine.md")
-    existing = out.read_text() if out.exists() else ""
-    marker = "<!-- figures -->"
-    head = existing.split(marker)[0] if marker in existing else ""
-    out.write_text(head + marker + "\n" + "\n".join(lines))
+    out = write_results("RESULTS-engine.md", lines)
     print(f"wrote {out}")
 
 

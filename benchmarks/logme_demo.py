@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -41,15 +39,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TLSEARCH_OFFLINE", "1")
 
-    from tlsearch.demo import write_demo_data
+    from benchmarks import demo_with_space, write_results
     from tlsearch.report.context import _ranking
     from tlsearch.study import SearchConfig, open_study, run_search
 
-    tmp = Path(tempfile.mkdtemp(prefix="tlsearch-bench-logme-"))
-    write_demo_data(tmp / "demo", size=64)
-    space = tmp / "space.yaml"
-    space.write_text(SPACE)
-    config = SearchConfig(data_dir=str(tmp / "demo"), space=str(space), study="logme",
+    data, space = demo_with_space("tlsearch-bench-logme-", SPACE)
+    tmp = data.parent
+    config = SearchConfig(data_dir=str(data), space=str(space), study="logme",
                           out=str(tmp / "studies"), trials=args.trials, weights="auto",
                           cache_dir=str(tmp / "cache"), pruner="none", baselines=False,
                           seed=0)
@@ -77,11 +73,7 @@ def main() -> None:
     lines += ["", f"Spearman rank correlation (LogME vs best trial): "
               f"{'n/a' if rho is None else f'{rho:.2f}'} over {len(complete)} completed "
               f"trials ({args.trials} asked).", ""]
-    out = Path(__file__).with_name("RESULTS-logme.md")
-    existing = out.read_text() if out.exists() else ""
-    marker = "<!-- figures -->"
-    head = existing.split(marker)[0] if marker in existing else ""
-    out.write_text(head + marker + "\n" + "\n".join(lines))
+    write_results("RESULTS-logme.md", lines)
     print("\n".join(lines))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,17 +42,15 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TLSEARCH_OFFLINE", "1")
 
-    from tlsearch.demo import write_demo_data
+    from benchmarks import demo_with_space, write_results
     from tlsearch.study import SearchConfig, run_search
     from tlsearch.workers import run_workers
 
-    tmp = Path(tempfile.mkdtemp(prefix="tlsearch-bench-workers-"))
-    write_demo_data(tmp / "demo", size=64)
-    space = tmp / "space.yaml"
-    space.write_text(SPACE)
+    data, space = demo_with_space("tlsearch-bench-workers-", SPACE)
+    tmp = data.parent
 
     def config(study: str, trials: int) -> SearchConfig:
-        return SearchConfig(data_dir=str(tmp / "demo"), space=str(space), study=study,
+        return SearchConfig(data_dir=str(data), space=str(space), study=study,
                             out=str(tmp / "studies"), trials=trials, weights="auto",
                             cache_dir=str(tmp / "cache"), pruner="none", seed=0)
 
@@ -100,11 +97,7 @@ def main() -> None:
         lines.append(f"| {workers} | {done} | {epochs} | {seconds:.0f} | "
                      f"{done * 3600 / seconds:.0f} | {epochs * 3600 / seconds:.0f} | "
                      f"{(done / seconds) / base:.2f}x |")
-    out = Path(__file__).with_name("RESULTS-workers.md")
-    existing = out.read_text() if out.exists() else ""
-    marker = "<!-- figures -->"
-    head = existing.split(marker)[0] if marker in existing else ""
-    out.write_text(head + marker + "\n" + "\n".join(lines) + "\n")
+    out = write_results("RESULTS-workers.md", lines)
     print(f"wrote {out}")
 
 

@@ -58,3 +58,15 @@ def postgres_url():
         pytest.skip("psycopg2 is not installed (pip install -e '.[dev]')")
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture
+def small_study(tmp_path):
+    """(tmp_path, data, space) for a search on the tiny backbone: 3 colour classes of
+    16 images, 2 head epochs and 1 fine-tuning epoch."""
+    from tests.test_study import TINY_SPACE
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=2, finetune_epochs=1))
+    return tmp_path, data, space

@@ -5,30 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import write_colour_dataset
-from tests.test_study import TINY_SPACE
 from tlsearch.cli import app
 from tlsearch.study import SearchConfig, open_study
 from tlsearch.tuner import _HpTrial, run_keras_tuner
 
 
-@pytest.fixture
-def setup(tmp_path):
-    data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
-    space = tmp_path / "tiny.yaml"
-    space.write_text(TINY_SPACE.format(head_epochs=2, finetune_epochs=1))
-    return tmp_path, data, space
-
-
-def test_space_compiles_to_keras_tuner_hyperparameters(setup):
+def test_space_compiles_to_keras_tuner_hyperparameters(small_study):
     import keras_tuner as kt
 
     from tlsearch.space import load_space
 
-    _, _, space_path = setup
+    _, _, space_path = small_study
     space = load_space(str(space_path), known_backbones={"tiny_cnn"})
     hp = kt.HyperParameters()
     strategy = space.sample(_HpTrial(hp, number=3), weights="none", seed=10)
@@ -39,8 +28,8 @@ def test_space_compiles_to_keras_tuner_hyperparameters(setup):
     assert strategy.seed == 13 and strategy.backbone == "tiny_cnn"
 
 
-def test_keras_tuner_engine_completes_resumes_and_reports(setup):
-    tmp_path, data, space = setup
+def test_keras_tuner_engine_completes_resumes_and_reports(small_study):
+    tmp_path, data, space = small_study
     config = SearchConfig(data_dir=str(data), space=str(space), study="kt",
                           out=str(tmp_path / "studies"), weights="none",
                           cache_dir=str(tmp_path / "cache"), engine="keras-tuner",
@@ -68,8 +57,8 @@ def test_keras_tuner_engine_completes_resumes_and_reports(setup):
     assert "tlsearch export kt" in (tmp_path / "kt.html").read_text()
 
 
-def test_cli_engine_flag_and_refusals(setup):
-    tmp_path, data, space = setup
+def test_cli_engine_flag_and_refusals(small_study):
+    tmp_path, data, space = small_study
     runner = CliRunner()
     base = ["search", str(data), "--space", str(space), "--study", "e", "--out",
             str(tmp_path / "studies"), "--weights", "none", "--cache-dir", str(tmp_path / "c"),

@@ -17,14 +17,6 @@ from tlsearch.study import SearchConfig, SearchError, open_study
 from tlsearch.workers import run_workers, threads_per_worker
 
 
-@pytest.fixture
-def setup(tmp_path):
-    data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
-    space = tmp_path / "tiny.yaml"
-    space.write_text(TINY_SPACE.format(head_epochs=2, finetune_epochs=1))
-    return tmp_path, data, space
-
-
 def _config(tmp_path, data, space, **kw) -> SearchConfig:
     base = dict(data_dir=str(data), space=str(space), study="w", out=str(tmp_path / "studies"),
                 weights="none", cache_dir=str(tmp_path / "cache"), pruner="none")
@@ -40,8 +32,8 @@ def test_threads_are_shared_out():
 
 
 @pytest.mark.parametrize("backend", ["journal", "postgresql"])
-def test_k_workers_finish_exactly_k_times_m_trials(backend, setup, request):
-    tmp_path, data, space = setup
+def test_k_workers_finish_exactly_k_times_m_trials(backend, small_study, request):
+    tmp_path, data, space = small_study
     workers, per_worker = 4, 2
     storage = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     config = _config(tmp_path, data, space, trials=workers * per_worker, storage=storage,
@@ -66,8 +58,8 @@ def test_k_workers_finish_exactly_k_times_m_trials(backend, setup, request):
     assert {i["worker"] for k, i in events if k == "trial_start"} >= {0, 1}
 
 
-def test_sqlite_is_refused_for_several_workers(setup):
-    tmp_path, data, space = setup
+def test_sqlite_is_refused_for_several_workers(small_study):
+    tmp_path, data, space = small_study
     config = _config(tmp_path, data, space, trials=2,
                      storage=f"sqlite:///{tmp_path / 'db.sqlite'}")
     with pytest.raises(SearchError, match="SQLite storage is for one worker"):
