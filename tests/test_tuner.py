@@ -71,3 +71,19 @@ def test_cli_engine_flag_and_refusals(small_study):
     assert refused.exit_code != 0 and "one worker" in refused.output
     bad = runner.invoke(app, base[:-4] + ["--engine", "ray"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_failing_trials_stop_the_keras_tuner_search(small_study, monkeypatch):
+    import tlsearch.train as train
+
+    tmp_path, data, space = small_study
+    monkeypatch.setattr(train, "run_trial", lambda strategy, *a, metric="balanced_accuracy",
+                        **kw: train._failed(strategy, metric, "nan_loss", "diverged", None))
+    config = SearchConfig(data_dir=str(data), space=str(space), study="f",
+                          out=str(tmp_path / "studies"), weights="none", trials=20,
+                          cache_dir=str(tmp_path / "cache"), engine="keras-tuner",
+                          baselines=False)
+    outcome = run_keras_tuner(config, oracle="bayesian")
+    assert outcome.stopped == "all_failed" and outcome.best is None
+    trials = open_study(config, create=False).study.get_trials()
+    assert len(trials) == 5 and {t.user_attrs["failure_reason"] for t in trials} == {"nan_loss"}

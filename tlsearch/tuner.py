@@ -112,6 +112,8 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
 
     from tlsearch.strategy import Strategy
     from tlsearch.study import (
+        DISK_ERRNOS,
+        SearchError,
         SearchOutcome,
         _finished_count,
         _keep_model_if_top,
@@ -177,6 +179,13 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
                                    feature_cache=prepared.cache, reuse_backbone=True)
             except TrialPruned:
                 state = "pruned"
+            except OSError as exc:
+                if exc.errno not in DISK_ERRNOS:
+                    raise
+                # Not a bad trial but a full or read-only disk: stop the whole search.
+                raise kt.errors.FatalError(
+                    f"{exc.strerror} ({exc.filename}): free space or fix permissions, then "
+                    "re-run the same command to resume") from None
             if result is not None and result.state == "failed":
                 state = "failed"
             value = (result.objective if state == "complete" else
@@ -247,6 +256,12 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
             tuner.search(verbose=0)  # our progress display speaks for it
         except KeyboardInterrupt:
             outer["stopped"] = "interrupted"
+        except kt.errors.FatalError as exc:
+            raise SearchError(str(exc)) from None
+        except RuntimeError as exc:  # KerasTuner's "too many consecutive failures"
+            if "consecutive failures" not in str(exc):
+                raise
+            outer["stopped"] = "all_failed"
     summary = study_summary(handle)
     return SearchOutcome(best=summary["best"], counts=summary["counts"],
                          stopped=outer["stopped"], study_dir=handle.dir)
