@@ -216,3 +216,17 @@ def test_constraints_limit_the_recommendation(setup):
 
     html = build_report(out / "c", tmp_path / "c.html").read_text()
     assert "No trial meets the constraints" in html
+
+
+def test_no_rank_and_latency_limit(tmp_path):
+    from tlsearch.study import open_study
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
+    space = tmp_path / "two.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1)
+                     .replace("tiny_cnn: [32]", "tiny_cnn: [32, 48]"))
+    config = _config(tmp_path, data, space, trials=1, rank=False, max_latency_ms=1e-6)
+    outcome = run_search(config)
+    study = open_study(config, create=False).study
+    assert "ranking" not in study.user_attrs  # --no-rank: no pass before the trials
+    assert outcome.counts == {"complete": 1} and outcome.best is None  # nothing that fast
