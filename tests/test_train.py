@@ -175,3 +175,24 @@ def test_reused_backbone_gives_the_same_trials(trial_data, tmp_path):
     np.testing.assert_allclose(pooled[2].val_probabilities, fresh[0].val_probabilities,
                                atol=1e-6)
     clear_backbone_pool()
+
+
+def test_full_finetune_warms_the_head_up_on_cached_outputs(trial_data, tmp_path):
+    """Unfreezing every block leaves no prefix to cache, but the head warm-up still sees
+    a frozen backbone: it trains on the cached outputs, exactly as a head-only trial."""
+    from tlsearch.strategy import ALL_BLOCKS
+
+    cache = FeatureCache(tmp_path / "fc")
+    head_only = _strategy(unfreeze_blocks=0, finetune_epochs=0, head_epochs=2)
+    full = _strategy(unfreeze_blocks=ALL_BLOCKS, finetune_epochs=1, head_epochs=2)
+    first = run_trial(head_only, trial_data, feature_cache=cache)
+    result = run_trial(full, trial_data, feature_cache=cache)
+    assert result.state == "complete" and not result.cached
+    assert result.cache == {"hits": 2, "misses": 0}  # the head-only trial's entries
+    warmup = [h["val_objective"] for h in result.history if h["phase"] == "head"]
+    assert warmup == pytest.approx([h["val_objective"] for h in first.history])
+    assert [h["train_loss"] for h in result.history[:2]] == pytest.approx(
+        [h["train_loss"] for h in first.history], rel=1e-5)
+    assert len(result.history) == 3 and result.history[-1]["phase"] == "finetune"
+    adapt = run_trial(full.replace(bn_mode="adapt"), trial_data, feature_cache=cache)
+    assert adapt.cache == {"hits": 0, "misses": 0}  # batch statistics: nothing cacheable

@@ -241,6 +241,17 @@ class TransferModel:
             x = layer(x)
         return keras.Model(inputs, self.prefix(x, training=False), name="prefix_extractor")
 
+    def output_extractor(self) -> Any:
+        """Raw RGB -> the whole backbone's output in inference mode (frozen features)."""
+        import keras
+
+        size = self.strategy.image_size
+        inputs = keras.Input((size, size, 3), name="image_rgb_0_255")
+        x = inputs
+        for layer in self.preprocess:
+            x = layer(x)
+        return keras.Model(inputs, self.backbone(x, training=False), name="output_extractor")
+
     def features_model(self) -> Any:
         """Cached prefix activations -> probabilities, for inference-mode evaluation."""
         import keras

@@ -151,11 +151,13 @@ class TrialResult:
 
 
 def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, *,
-                    exact: bool = False, extractor: Any = None) -> tuple[np.ndarray, bool]:
+                    exact: bool = False, extractor: Any = None,
+                    cut: str | None = None) -> tuple[np.ndarray, bool]:
     """Frozen-prefix activations of one data part and view, from the cache or computed.
 
     `view` is "clean" or "<augmentation level>:<index>". With `exact`, the entry is kept
-    in float32 (validation: final predictions are made from it). Returns (array, hit).
+    in float32 (validation: final predictions are made from it). `cut` overrides the
+    model's own cut point (with the matching `extractor`). Returns (array, hit).
     """
     from tlsearch.backbones import weights_identity
     from tlsearch.features import feature_key
@@ -165,7 +167,7 @@ def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, 
     key = feature_key(
         backbone=s.backbone, weights=weights_identity(tm.spec, s.weights, size=s.image_size,
                                                       seed=s.seed),
-        size=s.image_size, cut=tm.cut, fingerprint=data.fingerprint,
+        size=s.image_size, cut=cut or tm.cut, fingerprint=data.fingerprint,
         # File names are bytes on Unix: one that is not UTF-8 arrives surrogate-escaped.
         paths=hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest(),
         view=f"{view}/float32" if exact else view,
@@ -176,7 +178,7 @@ def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, 
         return _run_prefix(extractor or tm.feature_extractor(), images, view)
 
     return cache.get_or_compute(
-        key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": tm.cut,
+        key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": cut or tm.cut,
                             "part": part, "view": view},
         dtype=np.float32 if exact else np.float16)
 
@@ -363,6 +365,13 @@ class _Engine:
         if not self.cached and self.tm.prefix is not None:
             self.notes.append("prefix not cacheable: BatchNorm 'adapt' reaches below the cut; "
                               "the full network ran every epoch")
+        # Without a cacheable prefix (the whole backbone fine-tunes), the head warm-up
+        # still sees a frozen backbone in inference mode: it trains on the cached backbone
+        # outputs (the activations head-only trials use) instead of running the network.
+        self.warmup_on_outputs = (not self.cached and strategy.bn_mode != "adapt"
+                                  and strategy.head_epochs > 0)
+        if self.warmup_on_outputs:
+            self.notes.append("head warm-up trained on cached backbone outputs")
         self.n_classes = len(data.classes)
         self.y_train = data.labels("train")
         self.y_val = data.labels("val")
@@ -384,49 +393,69 @@ class _Engine:
         self.train_images = self.data.images("train", size)
         self.val_images = self.data.images("val", size)
         self.timings["decode"] = time.perf_counter() - t0
-        if not self.cached:
-            return
+        self.inputs: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
         t0 = time.perf_counter()
-        extractor = self.tm.feature_extractor()
-        # Validation activations are kept in float32: the trial's final predictions are
-        # made from them, and must equal what the exported model predicts on the images.
-        self.val_features = self._features(extractor, "val", "clean", exact=True)
-        if self.strategy.augmentation == "none":
-            self.train_views = [self._features(extractor, "train", "clean")]
-        else:
-            self.train_views = [
-                self._features(extractor, "train", f"{self.strategy.augmentation}:{view}")
-                for view in range(AUGMENTED_VIEWS)
-            ]
+        if self.cached:
+            self.inputs["prefix"] = self._cached_inputs(self.tm.feature_extractor(), None)
+        if self.warmup_on_outputs:
+            self.inputs["outputs"] = self._cached_inputs(self.tm.output_extractor(), "<output>")
         self.timings["prefix"] = time.perf_counter() - t0
 
-    def _features(self, extractor: Any, part: str, view: str, *,
-                  exact: bool = False) -> np.ndarray:
+    def _cached_inputs(self, extractor: Any, cut: str | None) -> tuple[list[np.ndarray],
+                                                                       np.ndarray]:
+        """(training views, validation activations) of one frozen part of the network."""
+        # Validation activations are kept in float32: the trial's final predictions are
+        # made from them, and must equal what the exported model predicts on the images.
+        val = self._features(extractor, "val", "clean", exact=True, cut=cut)
+        if self.strategy.augmentation == "none":
+            return [self._features(extractor, "train", "clean", cut=cut)], val
+        views = [self._features(extractor, "train", f"{self.strategy.augmentation}:{view}",
+                                cut=cut) for view in range(AUGMENTED_VIEWS)]
+        return views, val
+
+    @property
+    def val_features(self) -> np.ndarray:
+        return self.inputs["prefix"][1]
+
+    def _features(self, extractor: Any, part: str, view: str, *, exact: bool = False,
+                  cut: str | None = None) -> np.ndarray:
         array, hit = frozen_features(self.tm, self.data, self.feature_cache, part, view,
-                                     exact=exact, extractor=extractor)
+                                     exact=exact, extractor=extractor, cut=cut)
         self.cache_counts["hits" if hit else "misses"] += 1
         return array
 
+    def _mode(self, phase_blocks: int) -> str:
+        """What a phase trains on: cached prefix activations, cached backbone outputs
+        (head warm-up of a whole-backbone fine-tune) or the images themselves."""
+        if self.cached:
+            return "prefix"
+        if self.warmup_on_outputs and phase_blocks == 0:
+            return "outputs"
+        return "images"
+
     # -- training ---------------------------------------------------------------------
 
-    def _train_inputs(self, step: int) -> np.ndarray:
-        if not self.cached:
+    def _train_inputs(self, step: int, mode: str) -> np.ndarray:
+        if mode == "images":
             return self.train_images
+        views = self.inputs[mode][0]
         rng = np.random.default_rng([self.strategy.seed, step, 7])
-        return self.train_views[int(rng.integers(len(self.train_views)))]
+        return views[int(rng.integers(len(views)))]
 
-    def _build_step(self, opt_backbone: Any, opt_head: Any):
+    def _build_step(self, opt_backbone: Any, opt_head: Any, mode: str):
         import tensorflow as tf
 
         tm = self.tm
-        cached = self.cached
         loss_fn = self.loss_fn
         backbone_vars, head_vars = tm.trainable_variables
+        forward = {"prefix": tm.features_forward, "images": tm.train_forward,
+                   "outputs": lambda x: tm.head(x, training=True)}[mode]
 
         # One trace per phase: the batch dimension is left open, so the last, smaller
         # batch of an epoch does not trace the step a second time.
-        in_shape = (tuple(tm.prefix.output.shape[1:]) if cached
-                    else (self.strategy.image_size, self.strategy.image_size, 3))
+        in_shape = {"prefix": lambda: tuple(tm.prefix.output.shape[1:]),
+                    "outputs": lambda: tuple(tm.backbone.output.shape[1:]),
+                    "images": lambda: (self.strategy.image_size,) * 2 + (3,)}[mode]()
         signature = [tf.TensorSpec((None, *in_shape), tf.float32),
                      tf.TensorSpec((None, self.n_classes), tf.float32),
                      tf.TensorSpec((None,), tf.float32)]
@@ -434,7 +463,7 @@ class _Engine:
         @tf.function(input_signature=signature)
         def step(x, y_onehot, sample_weight):
             with tf.GradientTape() as tape:
-                probs = tm.features_forward(x) if cached else tm.train_forward(x)
+                probs = forward(x)
                 per_sample = loss_fn(y_onehot, probs)
                 loss = tf.reduce_sum(per_sample * sample_weight) / tf.reduce_sum(sample_weight)
                 reg = tf.add_n(tm.head.losses) if tm.head.losses else 0.0
@@ -450,10 +479,12 @@ class _Engine:
 
         return step, backbone_vars, head_vars
 
-    def predict_val(self) -> np.ndarray:
+    def predict_val(self, mode: str) -> np.ndarray:
         t0 = time.perf_counter()
-        if self.cached:
+        if mode == "prefix":
             model, inputs = self.tm.features_model(), self.val_features
+        elif mode == "outputs":  # the backbone is frozen: its outputs, then the head
+            model, inputs = self.tm.head, self.inputs["outputs"][1]
         else:
             model, inputs = self.tm.deployable(), self.val_images
         probs = []
@@ -487,7 +518,8 @@ class _Engine:
             head_lr = s.head_lr
             backbone_lr = s.backbone_lr
             opt_b, opt_h = _make_optimizer(s, backbone_lr), _make_optimizer(s, head_lr)
-            step_fn, backbone_vars, head_vars = self._build_step(opt_b, opt_h)
+            mode = self._mode(phase.blocks)
+            step_fn, backbone_vars, head_vars = self._build_step(opt_b, opt_h, mode)
             if backbone_vars:
                 opt_b.build(backbone_vars)
             opt_h.build(head_vars)
@@ -502,7 +534,7 @@ class _Engine:
                 opt_h.learning_rate = head_lr * factor
                 opt_b.learning_rate = backbone_lr * factor
                 t0 = time.perf_counter()
-                inputs = self._train_inputs(global_step)
+                inputs = self._train_inputs(global_step, mode)
                 order = _epoch_order(self.y_train, s, global_step)
                 total_loss, total_correct, seen = 0.0, 0.0, 0
                 for start in range(0, len(order), s.batch_size):
@@ -522,7 +554,7 @@ class _Engine:
                 if not math.isfinite(train_loss):
                     raise TrialFailed("nan_loss", f"training loss became {train_loss} at "
                                                   f"step {global_step} ({phase.name})")
-                probs = self.predict_val()
+                probs = self.predict_val(mode)
                 metrics = compute_metrics(self.y_val, probs, self.data.classes)
                 value = metrics[self.metric]
                 self.history.append({
