@@ -230,19 +230,15 @@ class TransferModel:
 
     def feature_extractor(self) -> Any:
         """Raw RGB (already augmented, if at all) -> prefix activations, inference mode."""
-        import keras
-
         if self.prefix is None:
             raise ValueError("this strategy trains the whole backbone: there is no prefix")
-        size = self.strategy.image_size
-        inputs = keras.Input((size, size, 3), name="image_rgb_0_255")
-        x = inputs
-        for layer in self.preprocess:
-            x = layer(x)
-        return keras.Model(inputs, self.prefix(x, training=False), name="prefix_extractor")
+        return self._frozen_extractor(self.prefix, "prefix_extractor")
 
     def output_extractor(self) -> Any:
         """Raw RGB -> the whole backbone's output in inference mode (frozen features)."""
+        return self._frozen_extractor(self.backbone, "output_extractor")
+
+    def _frozen_extractor(self, part: Any, name: str) -> Any:
         import keras
 
         size = self.strategy.image_size
@@ -250,7 +246,7 @@ class TransferModel:
         x = inputs
         for layer in self.preprocess:
             x = layer(x)
-        return keras.Model(inputs, self.backbone(x, training=False), name="output_extractor")
+        return keras.Model(inputs, part(x, training=False), name=name)
 
     def features_model(self) -> Any:
         """Cached prefix activations -> probabilities, for inference-mode evaluation."""
