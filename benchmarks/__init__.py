@@ -7,10 +7,10 @@ from pathlib import Path
 MARKER = "<!-- figures -->"
 
 
-def write_results(name: str, lines: list[str]) -> Path:
-    """Replace the figures of `benchmarks/<name>` (below the marker), keeping the
-    hand-written verdict above it."""
-    out = Path(__file__).with_name(name)
+def write_results(name: str | Path, lines: list[str]) -> Path:
+    """Replace the figures of `benchmarks/<name>` (or of the file at a given `Path`)
+    below the marker, keeping the hand-written verdict above it."""
+    out = name if isinstance(name, Path) else Path(__file__).with_name(name)
     existing = out.read_text() if out.exists() else ""
     head = existing.split(MARKER)[0] if MARKER in existing else ""
     out.write_text(head + MARKER + "\n" + "\n".join(lines) + "\n")
