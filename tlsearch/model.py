@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,8 @@ class TransferModel:
             nothing of it does.
         cacheable: whether the prefix is a fixed function of the image, so its
             activations can be computed once and reused.
+        extractors: frozen-part extractor models with their traced forward passes;
+            shared with the backbone pool, so a search traces each one once.
     """
 
     strategy: Strategy
@@ -151,6 +153,7 @@ class TransferModel:
     prefix: Any
     suffix: Any
     cut: str | None
+    extractors: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
@@ -240,13 +243,27 @@ class TransferModel:
 
     def _frozen_extractor(self, part: Any, name: str) -> Any:
         import keras
+        import tensorflow as tf
 
-        size = self.strategy.image_size
-        inputs = keras.Input((size, size, 3), name="image_rgb_0_255")
-        x = inputs
-        for layer in self.preprocess:
-            x = layer(x)
-        return keras.Model(inputs, part(x, training=False), name=name)
+        key = name if part is self.backbone else f"{name}@{self.cut}"
+        if key not in self.extractors:
+            size = self.strategy.image_size
+            inputs = keras.Input((size, size, 3), name="image_rgb_0_255")
+            x = inputs
+            for layer in self.preprocess:
+                x = layer(x)
+            model = keras.Model(inputs, part(x, training=False), name=name)
+            # Traced once for any batch size: tracing a backbone costs about a second,
+            # as much as a pass over a small dataset.
+            forward = tf.function(lambda batch: model(batch, training=False),
+                                  input_signature=[tf.TensorSpec((None, size, size, 3))])
+            self.extractors[key] = (model, forward)
+        return self.extractors[key][0]
+
+    def traced(self, extractor: Any) -> Any:
+        """The traced inference forward pass of an extractor made by this model."""
+        return next(forward for model, forward in self.extractors.values()
+                    if model is extractor)
 
     def features_model(self) -> Any:
         """Cached prefix activations -> probabilities, for inference-mode evaluation."""
@@ -303,6 +320,7 @@ class _Pooled:
     blocks: Blocks
     pristine: list[np.ndarray]
     splits: dict[str | None, tuple[Any, Any]]
+    extractors: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     dirty: bool = False  # handed to a trial that may change its weights or statistics
 
 
@@ -392,19 +410,21 @@ def build_transfer_model(strategy: Strategy, num_classes: int, *,
         if cut not in entry.splits:
             entry.splits[cut] = _split(backbone, cut)
         prefix, suffix = entry.splits[cut]
+        extractors = entry.extractors
     else:
         backbone = build_backbone(spec, strategy.image_size, strategy.weights,
                                   seed=strategy.seed)
         blocks = find_blocks(backbone, spec.block_regex)
         cut = blocks.cut_for(depth)
         prefix, suffix = _split(backbone, cut)
+        extractors = {}
     keras.utils.set_random_seed(strategy.seed)  # the head's init must not depend on the pool
     head = _build_head(tuple(backbone.output.shape[1:]), num_classes, strategy)
     model = TransferModel(
         strategy=strategy, spec=spec, num_classes=num_classes, blocks=blocks,
         backbone=backbone, head=head, preprocess=preprocessing_layers(spec.family),
         augment=augmentation_layers(strategy.augmentation, seed=strategy.seed),
-        prefix=prefix, suffix=suffix, cut=cut,
+        prefix=prefix, suffix=suffix, cut=cut, extractors=extractors,
     )
     model.set_unfrozen(model.depth)
     return model

@@ -119,7 +119,8 @@ def _probe(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.nd
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+    # A check on LogME, not a final score: 100 L-BFGS steps (a third of the time of 300).
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=100))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(train, y_train)

@@ -175,7 +175,7 @@ def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, 
 
     def compute() -> np.ndarray:
         images = data.images(part, s.image_size)
-        return _run_prefix(extractor or tm.feature_extractor(), images, view)
+        return _run_prefix(tm.traced(extractor or tm.feature_extractor()), images, view)
 
     return cache.get_or_compute(
         key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": cut or tm.cut,
@@ -183,7 +183,7 @@ def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, 
         dtype=np.float32 if exact else np.float16)
 
 
-def _run_prefix(extractor: Any, images: np.ndarray, view: str) -> np.ndarray:
+def _run_prefix(forward: Any, images: np.ndarray, view: str) -> np.ndarray:
     import tensorflow as tf
 
     from tlsearch.model import augmentation_layers
@@ -193,21 +193,15 @@ def _run_prefix(extractor: Any, images: np.ndarray, view: str) -> np.ndarray:
         level, index = view.split(":")
         # Views depend only on (level, index), so every trial shares them.
         augment = augmentation_layers(level, seed=1000 + 97 * int(index))
-
-    @tf.function(reduce_retracing=True)
-    def forward(batch):
-        x = batch
-        for layer in augment:
-            x = layer(x, training=True)
-        return extractor(x, training=False)
-
     out = None
     for start in range(0, len(images), EVAL_BATCH):
-        batch = np.asarray(images[start:start + EVAL_BATCH], dtype=np.float32)
-        feats = forward(tf.constant(batch)).numpy()
+        batch = tf.constant(np.asarray(images[start:start + EVAL_BATCH], dtype=np.float32))
+        for layer in augment:  # eagerly: inside the trace, each view would need its own
+            batch = layer(batch, training=True)
+        feats = forward(batch).numpy()
         if out is None:
             out = np.empty((len(images), *feats.shape[1:]), dtype=np.float32)
-        out[start:start + len(batch)] = feats
+        out[start:start + len(feats)] = feats
     return out
 
 

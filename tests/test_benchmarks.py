@@ -1,0 +1,106 @@
+"""The peer benchmark: a smoke run that must produce every figure, and its arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import peers
+
+FIGURE_COLUMNS = ("trials completed", "trials / h", "trial-epochs / h", "best val bal.acc",
+                  "held-out test bal.acc", "reached best peer's final score at",
+                  "reached weaker peer's final score at")
+
+
+def _run(tool: str, seed: int, *, trials: list[tuple[float, float | None]], epochs: int,
+         test: float, budget: float = 100.0, kind: str = "budget") -> dict:
+    spec = {"tool": tool, "kind": kind, "dataset": "d", "seed": seed, "budget_s": budget}
+    return {"spec": spec, "wall_s": budget, "error": None, "test_score": test,
+            "epoch_times": [budget * i / (epochs + 1) for i in range(1, epochs + 1)],
+            "trials": [{"t": t, "state": "complete" if v is not None else "pruned", "value": v}
+                       for t, v in trials]}
+
+
+def test_figures_and_targets_from_timelines():
+    runs = []
+    for seed in (0, 1):
+        runs += [
+            _run("tlsearch", seed, trials=[(5, 0.6), (10, 0.9), (150, 0.99)], epochs=400,
+                 test=0.88),
+            _run("kerastuner", seed, trials=[(40, 0.7), (90, 0.85)], epochs=20, test=0.86),
+            _run("optuna", seed, trials=[(50, None), (80, 0.8)], epochs=30, test=0.84),
+        ]
+    lines, targets = peers.summarise(runs, budget_s=100.0)
+    text = "\n".join(lines)
+    assert targets == {"time_to_peer_best": True, "epochs_per_hour": True,
+                       "test_not_worse": True, "frozen_floor": True}
+    # The trial at t=150 ended after the budget: it neither counts nor sets the best.
+    assert ("| tlsearch | 2.0 (2.0-2.0) | 72 (72-72) | 14400 (14400-14400) | 0.900 (0.900-0.900) "
+            "| 0.880 (0.880-0.880) | 10%, 10% of budget |") in text
+    assert "| optuna | 1.0 (1.0-1.0) |" in text
+    assert "20.0x kerastuner's" in text
+
+    slow = [_run("tlsearch", 0, trials=[(60, 0.9)], epochs=40, test=0.7),
+            _run("kerastuner", 0, trials=[(40, 0.85)], epochs=20, test=0.86),
+            _run("optuna", 0, trials=[(80, 0.8)], epochs=30, test=0.84)]
+    _, targets = peers.summarise(slow, budget_s=100.0)
+    assert targets["time_to_peer_best"] is False  # reached at 60% of the budget
+    assert targets["epochs_per_hour"] is False
+    assert targets["test_not_worse"] is False
+
+
+def test_datasets_are_real_images_with_their_classes(tmp_path):
+    from PIL import Image
+
+    faces = peers.write_dataset("lfw_faces", tmp_path)
+    assert sorted(p.name for p in faces.iterdir()) == ["face", "not_face"]
+    assert len(list((faces / "face").glob("*.png"))) == 100
+    with Image.open(next((faces / "not_face").glob("*.png"))) as im:
+        assert im.mode == "RGB" and im.size == (64, 64)
+    digits = peers.write_dataset("digits", tmp_path, per_class=5)
+    assert all(len(list(d.glob("*.png"))) == 5 for d in digits.iterdir() if d.is_dir())
+    with pytest.raises(ValueError, match="unknown dataset"):
+        peers.write_dataset("cifar", tmp_path)
+
+
+def test_run_one_in_a_fresh_process(tmp_path):
+    """The default path: each run is a subprocess that writes its result as JSON."""
+    data = peers.write_dataset("lfw_faces", tmp_path, per_class=6)
+    space = tmp_path / "space.yaml"
+    space.write_text(peers.space_yaml(peers.SMOKE, frozen=True))
+    spec = peers.RunSpec(tool="floor", kind="floor", dataset="lfw_faces", data_dir=str(data),
+                         space=str(space), seed=0, weights="none",
+                         workdir=str(tmp_path / "floor"))
+    result = peers._launch(spec, in_process=False)
+    assert result["error"] is None, result["error"]
+    assert result["floor"]["total_s"] > 0 and result["floor"]["images"] == 10  # 12 minus 2 held out
+
+
+def test_smoke_run_produces_every_figure(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    rc = peers.main(["--smoke", "--per-class", "8", "--budget-min", "0.12", "--seeds", "0",
+                     "--datasets", "digits", "--frozen-trials", "1", "--in-process",
+                     "--results", str(out)])
+    assert rc == 0
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert [r["error"] for r in runs] == [None] * len(runs)
+    kinds = sorted((r["spec"]["kind"], r["spec"]["tool"]) for r in runs)
+    assert kinds == sorted([("budget", t) for t in peers.TOOLS] + [("floor", "floor")]
+                           + [("frozen", t) for t in peers.TOOLS])
+    for run in runs:
+        if run["spec"]["kind"] == "floor":
+            assert run["floor"]["total_s"] > 0
+            continue
+        figures = peers.figures(run)
+        assert figures["trials"] >= 1 and figures["epochs"] >= 1, run["spec"]
+        assert figures["best_val"] is not None and run["test_score"] is not None
+        assert run["chosen"]["backbone"] == "tiny_cnn"
+    text = out.read_text()
+    for column in FIGURE_COLUMNS:
+        assert column in text
+    for tool in peers.TOOLS:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {tool} |"))
+        assert "failed" not in row and "n/a" not in row
+        assert f"| digits | {tool} | 1 |" in text  # the frozen-only search, with its ratio
+    assert "trial-epochs per hour:" in text and text.count("\n- ") == 4  # the four targets
