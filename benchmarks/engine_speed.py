@@ -2,7 +2,8 @@
 
 Run:  python -m benchmarks.engine_speed [--size 96] [--epochs 3] [--rss-trials 50]
 
-The plain recipe is the keras-io transfer-learning guide's: a frozen base called with
+The plain recipe is the keras-io transfer-learning guide's (benchmarks/plain.py, the
+same model the peer benchmark's tuners train): a frozen base called with
 `training=False`, a pooled dense head, `model.fit` over the decoded images every epoch,
 then (for fine-tuning) the top blocks unfrozen, recompiled at a low learning rate and
 fitted again. tlsearch trains the same model on cached frozen-prefix activations.
@@ -30,50 +31,24 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def plain_keras_trial(strategy, data, blocks_cut: str | None) -> tuple[float, float]:
-    """The guide's way; returns (seconds, validation balanced accuracy)."""
+def plain_keras_trial(strategy, data) -> tuple[float, float]:
+    """The guide's way (benchmarks/plain.py); returns (seconds, validation balanced accuracy)."""
     import keras
     from sklearn.metrics import balanced_accuracy_score
 
-    from tlsearch.backbones import build_backbone, get_spec
-    from tlsearch.model import preprocessing_layers
+    from benchmarks.plain import build_plain, fit_plain, one_hot
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(strategy.seed)
     t0 = time.perf_counter()
-    spec = get_spec(strategy.backbone)
     x_train = np.asarray(data.images("train", strategy.image_size), dtype=np.float32)
     x_val = np.asarray(data.images("val", strategy.image_size), dtype=np.float32)
-    y_train, y_val = data.labels("train"), data.labels("val")
-    base = build_backbone(spec, strategy.image_size, strategy.weights, seed=strategy.seed)
-    base.trainable = False
-    inputs = keras.Input((strategy.image_size, strategy.image_size, 3))
-    x = inputs
-    for layer in preprocessing_layers(spec.family):
-        x = layer(x)
-    x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(strategy.head_dropout)(x)
-    outputs = keras.layers.Dense(len(data.classes), activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.AdamW(strategy.head_lr, weight_decay=strategy.weight_decay),
-                  "sparse_categorical_crossentropy")
-    model.fit(x_train, y_train, epochs=strategy.head_epochs, batch_size=strategy.batch_size,
-              verbose=0, shuffle=True)
-    if blocks_cut is not None and strategy.finetune_epochs:
-        base.trainable = True
-        seen_cut = False
-        for layer in base.layers:  # freeze everything up to the cut, as the guide does
-            layer.trainable = seen_cut and not isinstance(layer,
-                                                          keras.layers.BatchNormalization)
-            seen_cut = seen_cut or layer.name == blocks_cut
-        model.compile(keras.optimizers.AdamW(strategy.backbone_lr,
-                                             weight_decay=strategy.weight_decay),
-                      "sparse_categorical_crossentropy")
-        model.fit(x_train, y_train, epochs=strategy.finetune_epochs,
-                  batch_size=strategy.batch_size, verbose=0, shuffle=True)
-    probs = model.predict(x_val, verbose=0, batch_size=128)
-    return time.perf_counter() - t0, float(balanced_accuracy_score(y_val, probs.argmax(1)))
+    plain = build_plain(strategy, len(data.classes), strategy.weights)
+    fit_plain(plain, x_train, one_hot(data.labels("train"), len(data.classes)),
+              epochs=strategy.total_epochs)
+    probs = plain.model.predict(x_val, verbose=0, batch_size=128)
+    return (time.perf_counter() - t0,
+            float(balanced_accuracy_score(data.labels("val"), probs.argmax(1))))
 
 
 def main() -> None:
@@ -84,7 +59,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenet_v3_small")
     args = parser.parse_args()
 
-    from tlsearch.backbones import build_backbone, find_blocks, get_spec, resolve_auto_weights
+    from tlsearch.backbones import get_spec, resolve_auto_weights
     from tlsearch.data import make_split, scan
     from tlsearch.demo import write_demo_data
     from tlsearch.features import FeatureCache
@@ -101,7 +76,6 @@ def main() -> None:
     data.images("train", args.size)  # decode once for both sides: we time training
     data.images("val", args.size)
     cache = FeatureCache(tmp / "cache")
-    blocks = find_blocks(build_backbone(spec, args.size, weights), spec.block_regex)
 
     rows = []
     for depth in (0, 1, 2):
@@ -114,8 +88,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ours = run_trial(strategy, data, feature_cache=cache, reuse_backbone=True)
         ours_s = time.perf_counter() - t0
-        plain_s, plain_score = plain_keras_trial(strategy, data, blocks.cut_for(depth)
-                                                 if depth else None)
+        plain_s, plain_score = plain_keras_trial(strategy, data)
         rows.append((depth, ours_s, plain_s, ours.objective, plain_score, ours.cache))
         print(f"unfreeze={depth}: tlsearch {ours_s:.1f}s (bal.acc {ours.objective:.3f}, "
               f"cache {ours.cache}) | plain keras {plain_s:.1f}s (bal.acc {plain_score:.3f}) "

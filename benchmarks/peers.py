@@ -520,8 +520,8 @@ def summarise(runs: list[dict], *, budget_s: float) -> tuple[list[str], dict[str
                 reach_weak[tool].append(None if t_weak is None else t_weak / budget_s)
         lines += [f"### {dataset}", "",
                   "| tool | trials completed | trials / h | trial-epochs / h | best val bal.acc "
-                  "| held-out test bal.acc | reached best peer's final score at | reached "
-                  "weaker peer's final score at |",
+                  "| held-out test bal.acc | reached best peer's final score at (per seed) "
+                  "| reached weaker peer's final score at (per seed) |",
                   "|---|---|---|---|---|---|---|---|"]
         for tool in TOOLS:
             rows = [fig[(tool, s)] for s in seeds if (tool, s) in fig]
@@ -531,7 +531,7 @@ def summarise(runs: list[dict], *, budget_s: float) -> tuple[list[str], dict[str
 
             def reached(values: list[float | None]) -> str:
                 shown = ["never" if v is None else f"{v:.0%}" for v in values]
-                return ", ".join(shown) + " of budget" if shown else "n/a"
+                return " / ".join(shown) if shown else "n/a"
 
             lines.append(
                 f"| {tool} | {_fmt([r['trials'] for r in rows], '.1f')} "
@@ -564,7 +564,8 @@ def summarise(runs: list[dict], *, budget_s: float) -> tuple[list[str], dict[str
     floors = {r["spec"]["dataset"]: r for r in runs if r["spec"]["kind"] == "floor"}
     if frozen:
         lines += ["### Frozen-only space: whole search vs one forward pass (the floor)", "",
-                  "| dataset | tool | trials | search wall s | forward-pass floor s | ratio |",
+                  "| dataset | tool | trials run (complete) | search wall s "
+                  "| forward-pass floor s | ratio |",
                   "|---|---|---|---|---|---|"]
         for r in frozen:
             ds, tool = r["spec"]["dataset"], r["spec"]["tool"]
@@ -576,7 +577,8 @@ def summarise(runs: list[dict], *, budget_s: float) -> tuple[list[str], dict[str
             ratio = r["wall_s"] / floor["total_s"]
             if tool == "tlsearch":
                 targets["frozen_floor"] &= ratio <= 2
-            lines.append(f"| {ds} | {tool} | {len(_complete(r, None))} | {r['wall_s']:.1f} "
+            lines.append(f"| {ds} | {tool} | {len(r['trials'])} ({len(_complete(r, None))}) "
+                         f"| {r['wall_s']:.1f} "
                          f"| {floor['total_s']:.2f} | {ratio:.1f}x |")
         lines.append("")
     names = {"time_to_peer_best": "tlsearch reaches the best peer's final score in <= 1/5 of "
@@ -641,6 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run every tool in this process (faster start, less fair)")
     parser.add_argument("--results", type=Path, default=None,
                         help=f"results file (default benchmarks/{RESULTS})")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="re-write the tables from a results JSON instead of running")
     parser.add_argument("--run-one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -648,6 +652,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.run_one:
         spec = RunSpec(**json.loads(args.run_one.read_text()))
         args.result.write_text(json.dumps(asdict(run_one(spec))))
+        return 0
+
+    results_path = args.results or Path(__file__).with_name(RESULTS)
+    if args.from_json:
+        stored = json.loads(args.from_json.read_text())
+        budget_s = next(r["spec"]["budget_s"] for r in stored["runs"] if r["spec"]["budget_s"])
+        lines, _ = summarise(stored["runs"], budget_s=budget_s)
+        write_results(results_path, stored["header"] + lines)
+        print("\n".join(lines))
         return 0
 
     setup = SMOKE if args.smoke else REAL
@@ -699,11 +712,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{setup.backbones}, weights {setup.weights}; split {1 - VAL_FRACTION - TEST_FRACTION:.0%}"
         f" train / {VAL_FRACTION:.0%} val / {TEST_FRACTION:.0%} held-out test. Cells: mean over "
         "seeds (min-max).", ""]
-    results_path = args.results or Path(__file__).with_name(RESULTS)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     write_results(results_path, header + lines)
     raw = results_path.with_suffix(".json")
-    raw.write_text(json.dumps({"command": command.strip(), "runs": runs}, indent=1))
+    raw.write_text(json.dumps({"command": command.strip(), "header": header, "runs": runs},
+                              indent=1))
     print("\n".join(lines))
     print(f"wrote {results_path} and {raw}")
     return 0

@@ -37,7 +37,7 @@ def test_figures_and_targets_from_timelines():
                        "test_not_worse": True, "frozen_floor": True}
     # The trial at t=150 ended after the budget: it neither counts nor sets the best.
     assert ("| tlsearch | 2.0 (2.0-2.0) | 72 (72-72) | 14400 (14400-14400) | 0.900 (0.900-0.900) "
-            "| 0.880 (0.880-0.880) | 10%, 10% of budget |") in text
+            "| 0.880 (0.880-0.880) | 10% / 10% |") in text
     assert "| optuna | 1.0 (1.0-1.0) |" in text
     assert "20.0x kerastuner's" in text
 
