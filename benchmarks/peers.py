@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -494,13 +494,20 @@ def _spread(values: Sequence[float | None]) -> float:
     return max(vals) - min(vals) if len(vals) > 1 else 0.0
 
 
-def summarise(runs: list[dict], *, budget_s: float) -> tuple[list[str], dict[str, bool]]:
-    """Markdown lines of the results tables, and whether each target was met."""
+def summarise(runs: list[dict], *,
+              budget_s: float) -> tuple[list[str], dict[str, bool | None]]:
+    """Markdown lines of the results tables, and whether each target was met (None: the
+    run did not measure it)."""
     lines: list[str] = []
-    targets = {"time_to_peer_best": True, "epochs_per_hour": True, "test_not_worse": True,
-               "frozen_floor": True}
+    targets: dict[str, bool | None] = {"time_to_peer_best": True, "epochs_per_hour": True,
+                                       "test_not_worse": True, "frozen_floor": True}
     budget_runs = [r for r in runs if r["spec"]["kind"] == "budget" and not r.get("error")]
-    for dataset in sorted({r["spec"]["dataset"] for r in runs}):
+    budget_datasets = sorted({r["spec"]["dataset"] for r in runs
+                              if r["spec"]["kind"] == "budget"})
+    if not budget_datasets:
+        targets["time_to_peer_best"] = targets["epochs_per_hour"] = None
+        targets["test_not_worse"] = None
+    for dataset in budget_datasets:
         mine = [r for r in budget_runs if r["spec"]["dataset"] == dataset]
         seeds = sorted({r["spec"]["seed"] for r in mine})
         by = {(r["spec"]["tool"], r["spec"]["seed"]): r for r in mine}
@@ -562,7 +569,9 @@ def summarise(runs: list[dict], *, budget_s: float) -> tuple[list[str], dict[str
 
     frozen = [r for r in runs if r["spec"]["kind"] == "frozen"]
     floors = {r["spec"]["dataset"]: r for r in runs if r["spec"]["kind"] == "floor"}
-    if frozen:
+    if not frozen:
+        targets["frozen_floor"] = None
+    else:
         lines += ["### Frozen-only space: whole search vs one forward pass (the floor)", "",
                   "| dataset | tool | trials run (complete) | search wall s "
                   "| forward-pass floor s | ratio |",
@@ -589,7 +598,8 @@ def summarise(runs: list[dict], *, budget_s: float) -> tuple[list[str], dict[str
                                "the seed spread)",
              "frozen_floor": "the frozen-only tlsearch search takes <= 2x the forward-pass floor"}
     lines += ["### Targets", ""]
-    lines += [f"- {'met' if ok else '**missed**'}: {names[key]}" for key, ok in targets.items()]
+    verdict = {True: "met", False: "**missed**", None: "not measured in this run"}
+    lines += [f"- {verdict[ok]}: {names[key]}" for key, ok in targets.items()]
     return lines, targets
 
 
@@ -630,11 +640,16 @@ def _describe(result: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-min", type=float, default=4.0,
-                        help="wall-clock budget of each tool per dataset and seed")
+                        help="wall-clock budget of each tool per dataset and seed (0: only "
+                             "the frozen-only part)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--frozen-trials", type=int, default=10,
                         help="trials of the frozen-only search of each tool (0: skip)")
+    parser.add_argument("--frozen-sizes", type=int, nargs="+", default=None,
+                        help="image sizes of the frozen-only space (default: the search's)")
+    parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS,
+                        help="which tools run (the comparison needs all three)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny backbone, random weights, few images: checks the plumbing")
     parser.add_argument("--per-class", type=int, default=None,
@@ -669,7 +684,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     space = work / "space.yaml"
     space.write_text(space_yaml(setup, frozen=False))
     frozen_space = work / "space-frozen.yaml"
-    frozen_space.write_text(space_yaml(setup, frozen=True))
+    frozen_setup = setup if not args.frozen_sizes else replace(
+        setup, backbones={name: list(args.frozen_sizes) for name in setup.backbones})
+    frozen_space.write_text(space_yaml(frozen_setup, frozen=True))
     started = time.monotonic()
     runs: list[dict] = []
 
@@ -680,8 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for dataset in args.datasets:
         data_dir = write_dataset(dataset, work / "data", per_class=args.per_class)
-        for seed in args.seeds:
-            for tool in TOOLS:
+        for seed in args.seeds if budget_s > 0 else ():
+            for tool in args.tools:
                 launch(RunSpec(tool=tool, kind="budget", dataset=dataset, data_dir=str(data_dir),
                                space=str(space), seed=seed, weights=setup.weights,
                                workdir=str(work / f"{dataset}-{seed}-{tool}"),
@@ -693,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           seed=seed, weights=setup.weights)
             launch(RunSpec(tool="floor", kind="floor", workdir=str(work / f"{dataset}-floor"),
                            **common))
-            for tool in TOOLS:
+            for tool in args.tools:
                 launch(RunSpec(tool=tool, kind="frozen", trials=args.frozen_trials,
                                max_epochs=setup.head_epochs,
                                workdir=str(work / f"{dataset}-frozen-{tool}"), **common))
@@ -709,9 +726,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{platform.python_version()}; {_versions()}.",
         f"Budget per tool, dataset and seed: {args.budget_min:g} min; seeds "
         f"{', '.join(map(str, args.seeds))} (each seed is also the split's); backbones "
-        f"{setup.backbones}, weights {setup.weights}; split {1 - VAL_FRACTION - TEST_FRACTION:.0%}"
-        f" train / {VAL_FRACTION:.0%} val / {TEST_FRACTION:.0%} held-out test. Cells: mean over "
-        "seeds (min-max).", ""]
+        f"{setup.backbones} (frozen-only space: {frozen_setup.backbones}), weights "
+        f"{setup.weights}; split {1 - VAL_FRACTION - TEST_FRACTION:.0%} train / "
+        f"{VAL_FRACTION:.0%} val / {TEST_FRACTION:.0%} held-out test. Cells: mean over seeds "
+        "(min-max).", ""]
     results_path.parent.mkdir(parents=True, exist_ok=True)
     write_results(results_path, header + lines)
     raw = results_path.with_suffix(".json")

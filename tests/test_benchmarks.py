@@ -22,6 +22,12 @@ def _run(tool: str, seed: int, *, trials: list[tuple[float, float | None]], epoc
                        for t, v in trials]}
 
 
+def test_a_run_without_budget_runs_measures_only_the_floor_target():
+    lines, targets = peers.summarise([], budget_s=60.0)
+    assert targets == dict.fromkeys(targets)  # nothing measured, nothing claimed
+    assert "- not measured in this run: the frozen-only" in "\n".join(lines)
+
+
 def test_figures_and_targets_from_timelines():
     runs = []
     for seed in (0, 1):
@@ -34,7 +40,7 @@ def test_figures_and_targets_from_timelines():
     lines, targets = peers.summarise(runs, budget_s=100.0)
     text = "\n".join(lines)
     assert targets == {"time_to_peer_best": True, "epochs_per_hour": True,
-                       "test_not_worse": True, "frozen_floor": True}
+                       "test_not_worse": True, "frozen_floor": None}
     # The trial at t=150 ended after the budget: it neither counts nor sets the best.
     assert ("| tlsearch | 2.0 (2.0-2.0) | 72 (72-72) | 14400 (14400-14400) | 0.900 (0.900-0.900) "
             "| 0.880 (0.880-0.880) | 10% / 10% |") in text
@@ -102,5 +108,11 @@ def test_smoke_run_produces_every_figure(tmp_path):
     for tool in peers.TOOLS:
         row = next(line for line in text.splitlines() if line.startswith(f"| {tool} |"))
         assert "failed" not in row and "n/a" not in row
-        assert f"| digits | {tool} | 1 |" in text  # the frozen-only search, with its ratio
+        assert f"| digits | {tool} | 1 (" in text  # the frozen-only search, with its ratio
     assert "trial-epochs per hour:" in text and text.count("\n- ") == 4  # the four targets
+
+    # The tables can be re-written from the stored runs, to the same text.
+    again = tmp_path / "again.md"
+    assert peers.main(["--from-json", str(out.with_suffix(".json")), "--results",
+                       str(again)]) == 0
+    assert again.read_text() == text
