@@ -116,3 +116,18 @@ def test_smoke_run_produces_every_figure(tmp_path):
     assert peers.main(["--from-json", str(out.with_suffix(".json")), "--results",
                        str(again)]) == 0
     assert again.read_text() == text
+
+
+def test_frozen_part_only_for_chosen_tools_and_sizes(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    assert peers.main(["--smoke", "--per-class", "6", "--budget-min", "0", "--seeds", "0",
+                       "--datasets", "lfw_faces", "--frozen-trials", "1", "--frozen-sizes",
+                       "40", "--tools", "tlsearch", "--in-process", "--results", str(out)]) == 0
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert sorted((r["spec"]["kind"], r["spec"]["tool"]) for r in runs) == [
+        ("floor", "floor"), ("frozen", "tlsearch")]
+    assert list(runs[0]["floor"]["per_backbone"]) == ["tiny_cnn@40"]
+    assert runs[1]["chosen"]["image_size"] == 40
+    text = out.read_text()
+    assert "| lfw_faces | tlsearch | 1 (" in text and "| kerastuner |" not in text
+    assert "- not measured in this run: tlsearch reaches" in text
