@@ -135,6 +135,28 @@ def test_prefix_suffix_head_equals_deployable():
     np.testing.assert_allclose(deploy.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_pooled_backbone_builds_and_traces_each_extractor_once():
+    from tlsearch.model import clear_backbone_pool
+
+    clear_backbone_pool()
+    head_only = build_transfer_model(_strategy(finetune_epochs=0), 4, reuse_backbone=True)
+    extractor = head_only.feature_extractor()
+    forward = head_only.traced(extractor)
+    x = RNG.uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(forward(x)), np.asarray(extractor(x)), rtol=1e-5,
+                               atol=1e-6)
+    assert forward(x[:2]).shape[0] == 2  # any batch size, one trace
+    assert forward.experimental_get_tracing_count() == 1
+    # The next trial on this backbone (its whole-backbone extractor, or a fine-tuning
+    # trial's head warm-up on the backbone outputs) gets the same traced pass.
+    again = build_transfer_model(_strategy(finetune_epochs=0, seed=3), 4, reuse_backbone=True)
+    assert again.feature_extractor() is extractor and again.output_extractor() is extractor
+    deeper = build_transfer_model(_strategy(unfreeze_blocks=1), 4, reuse_backbone=True)
+    assert deeper.output_extractor() is extractor
+    assert deeper.feature_extractor() is not extractor  # the prefix below the cut
+    clear_backbone_pool()
+
+
 @pytest.mark.parametrize("backbone,family_size", [("tiny_cnn", 32),
                                                    ("mobilenet_v3_small", 32)])
 @pytest.mark.parametrize("augmentation", ["none", "strong"])

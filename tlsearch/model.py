@@ -245,7 +245,8 @@ class TransferModel:
         import keras
         import tensorflow as tf
 
-        key = name if part is self.backbone else f"{name}@{self.cut}"
+        # By what it computes: a head-only strategy's prefix is the whole backbone.
+        key = "<output>" if part is self.backbone else str(self.cut)
         if key not in self.extractors:
             size = self.strategy.image_size
             inputs = keras.Input((size, size, 3), name="image_rgb_0_255")
