@@ -197,8 +197,9 @@ class _Deadline(BaseException):
 def run_tlsearch(spec: RunSpec, result: RunResult) -> None:
     from sklearn.metrics import balanced_accuracy_score
 
+    from tlsearch.data import Split
     from tlsearch.export import export_trial, load_exported, predict_paths
-    from tlsearch.study import SearchConfig, run_search
+    from tlsearch.study import SPLIT_FILE, SearchConfig, run_search
 
     work = Path(spec.workdir)
     config = SearchConfig(
@@ -232,7 +233,7 @@ def run_tlsearch(spec: RunSpec, result: RunResult) -> None:
     chosen = max(within, key=lambda row: row["value"])["number"]
     summary = export_trial(work / "studies" / "bench", work / "export", trial=chosen)
     exported = load_exported(work / "export")
-    split = _split(spec)
+    split = Split.load(work / "studies" / "bench" / SPLIT_FILE)  # the split it searched
     paths = [Path(spec.data_dir) / p for p, _ in split.test]
     preds = list(predict_paths(exported, paths, batch_size=128))
     y_pred = [exported.labels.index(p.top[0][0]) for p in preds]
@@ -241,7 +242,7 @@ def run_tlsearch(spec: RunSpec, result: RunResult) -> None:
     result.chosen["trial"] = summary["trial"]
 
 
-def _plain_data(spec: RunSpec, split: Any) -> tuple[Any, Callable[[int], tuple]]:
+def _plain_data(spec: RunSpec, split: Any) -> Callable[[int], tuple]:
     """The split as arrays per image size (decoded once per size, inside the budget)."""
     from benchmarks.plain import one_hot
     from tlsearch.train import TrialData
@@ -256,7 +257,7 @@ def _plain_data(spec: RunSpec, split: Any) -> tuple[Any, Callable[[int], tuple]]
                           data.images("val", size), data.labels("val"))
         return memo[size]
 
-    return data, arrays
+    return arrays
 
 
 class _Best:
@@ -283,7 +284,7 @@ def run_optuna(spec: RunSpec, result: RunResult) -> None:
     deadline = t0 + spec.budget_s if spec.budget_s else None
     space = load_space(spec.space)
     split = _split(spec)
-    _, arrays = _plain_data(spec, split)
+    arrays = _plain_data(spec, split)
     best = _Best()
     epochs: dict[int, EvalCallback] = {}
 
@@ -338,7 +339,7 @@ def run_kerastuner(spec: RunSpec, result: RunResult) -> None:
     deadline = t0 + spec.budget_s if spec.budget_s else None
     space = load_space(spec.space)
     split = _split(spec)
-    _, arrays = _plain_data(spec, split)
+    arrays = _plain_data(spec, split)
     n_classes = len(split.classes)
     current: dict[str, Any] = {}
 
@@ -393,13 +394,11 @@ def run_kerastuner(spec: RunSpec, result: RunResult) -> None:
     tuner.search(verbose=0)
     result.wall_s = time.monotonic() - t0
     best = _Best()
-    for row in result.trials:  # the best trial that ended within the budget
-        if row["state"] == "complete" and (deadline is None or row["t"] <= spec.budget_s):
-            if row["value"] is not None and row["value"] > best.value:
-                best.value, best.strategy = row["value"], row["trial_id"]
-    if best.strategy is not None:
-        trial = tuner.oracle.get_trial(best.strategy)
-        best.model, best.strategy = tuner.load_model(trial), strategy_for(trial.hyperparameters)
+    within = _complete(asdict(result), spec.budget_s)  # trials that ended within the budget
+    if within:
+        row = max(within, key=lambda r: r["value"])
+        trial = tuner.oracle.get_trial(row["trial_id"])
+        best.offer(row["value"], tuner.load_model(trial), strategy_for(trial.hyperparameters))
     _finish_plain(spec, result, split, best)
 
 
@@ -414,7 +413,7 @@ def run_floor(spec: RunSpec, result: RunResult) -> None:
 
     space = load_space(spec.space)
     split = _split(spec)
-    _, arrays = _plain_data(spec, split)
+    arrays = _plain_data(spec, split)
     per: dict[str, float] = {}
     for backbone, size in space.backbone_sizes():
         strategy = Strategy(backbone=backbone, image_size=size, seed=spec.seed)
