@@ -59,7 +59,8 @@ def postgres_server() -> Iterator[str]:
                   "-c max_connections=200", "start")
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tlsearch",
             "tlsearch")
-        yield f"postgresql+psycopg2://tlsearch@127.0.0.1:{port}/tlsearch"
+        # The URL exactly as the README writes it: no driver named (see make_storage).
+        yield f"postgresql://tlsearch@127.0.0.1:{port}/tlsearch"
     finally:
         subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
                                   "stop"], capture_output=True, timeout=120)

@@ -7,7 +7,7 @@ import pytest
 
 from tlsearch import backbones as B
 
-FAST = {"tiny_cnn", "mobilenet_v3_small", "mobilenet_v2"}
+FAST = {"tiny_cnn", "mobilenet_v3_small", "mobilenet_v2", "efficientnet_lite0"}
 ALL_SPECS = B.list_specs(include_test=True)
 
 

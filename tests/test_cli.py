@@ -76,3 +76,75 @@ def test_backbones_lists_registry():
     assert "mobilenet_v3_small" in r.output and "tiny_cnn" not in r.output
     r = CliRunner().invoke(app, ["backbones", "--include-test"])
     assert "tiny_cnn" in r.output
+
+
+@pytest.fixture
+def offline_imagenet(tmp_path, monkeypatch):
+    """A space whose backbone needs Keras's ImageNet download, an empty Keras cache, and
+    a machine that says it is offline (inherited by worker processes)."""
+    from tests.conftest import write_colour_dataset
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 10, "green": 10, "blue": 10})
+    space = tmp_path / "mnv3.yaml"
+    space.write_text("name: mnv3\nbackbones:\n  mobilenet_v3_small: [32]\nunfreeze_blocks: 0\n"
+                     "head_epochs: 1\nfinetune_epochs: 1\nbatch_size: 16\n")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras"))
+    monkeypatch.setenv("TLSEARCH_OFFLINE", "1")
+    return data, space
+
+
+def _one_line_error(result, *must_contain: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for text in must_contain:
+        assert text in result.output.replace("\n", ""), result.output
+
+
+@pytest.mark.parametrize("extra", [[], ["--workers", "2"], ["--no-isolate"]],
+                         ids=["default", "workers-2", "no-isolate"])
+def test_default_weights_offline_is_one_line(tmp_path, offline_imagenet, extra):
+    data, space = offline_imagenet
+    common = ["--out", str(tmp_path / "studies")]
+    args = ["search", str(data), "--space", str(space), "--study", "off", "--trials", "1",
+            "--cache-dir", str(tmp_path / "cache"), *common, *extra]
+    result = CliRunner().invoke(app, args)  # --weights: its default, imagenet
+    _one_line_error(result, "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+                    "empty-keras")
+    result = CliRunner().invoke(app, ["resume", "off", "--trials", "2", *common])
+    _one_line_error(result, "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5")
+
+
+def test_rank_with_default_weights_offline_is_one_line(tmp_path, offline_imagenet):
+    data, space = offline_imagenet
+    result = CliRunner().invoke(app, ["rank", str(data), "--space", str(space),
+                                      "--cache-dir", str(tmp_path / "cache")])
+    _one_line_error(result, "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5")
+
+
+def test_storage_urls_get_an_installed_driver(monkeypatch):
+    import importlib.util
+
+    from tlsearch import study
+
+    installed = {"psycopg2", "pymysql"}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: object() if name in installed else None)
+    assert study.storage_url_with_driver("postgresql://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
+    assert study.storage_url_with_driver("mysql://u@h/db") == "mysql+pymysql://u@h/db"
+    assert study.storage_url_with_driver("postgresql+psycopg://h/db") == "postgresql+psycopg://h/db"
+    installed.add("psycopg")
+    assert study.storage_url_with_driver("postgresql://h/db") == "postgresql+psycopg://h/db"
+    installed.clear()
+    with pytest.raises(study.SearchError, match=r"pip install 'tlsearch\[mysql\]'"):
+        study.storage_url_with_driver("mysql://h/db")
+
+
+def test_a_storage_error_hides_the_password(tmp_path):
+    from tlsearch import study
+
+    with pytest.raises(study.SearchError) as err:
+        study.make_storage("postgresql://user:s3cret@127.0.0.1:1/db", tmp_path)
+    assert "s3cret" not in str(err.value) and "cannot open storage" in str(err.value)

@@ -104,10 +104,60 @@ def test_killed_worker_trial_is_recovered_by_the_others(tmp_path):
     study = optuna.load_study(study_name="kill", storage=JournalStorage(
         JournalFileBackend(str(study_dir / "journal.log"))))
     dead = study.trials[victim.number]
-    assert dead.state.name == "FAIL" and dead.user_attrs["failure_reason"] == "worker_died"
+    # Its supervisor saw it die and says how (the OOM killer's signal looks the same).
+    assert dead.state.name == "FAIL" and dead.user_attrs["failure_reason"] == "crashed:SIGKILL"
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
     assert retries[0].user_attrs["retry_mode"] == "checkpoint"
     assert retries[0].user_attrs["resumed_from_step"] >= 2
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
-    assert f"exited with code {-signal.SIGKILL}" in output
+    assert "died (SIGKILL)" in output
+
+
+@pytest.mark.parametrize(("workers", "how"), [(1, "SIGABRT"), (1, "SIGSEGV"), (2, "SIGABRT")])
+def test_a_trial_that_crashes_natively_does_not_end_the_search(small_study, workers, how):
+    tmp_path, data, space = small_study
+    config = _config(tmp_path, data, space, trials=4, study=f"crash-{workers}-{how}")
+    events = []
+    outcome = run_workers(config, workers, crash_trials={1: how},
+                          on_event=lambda k, i: events.append((k, i)))
+    trials = open_study(config, create=False).study.get_trials()
+    crashed = trials[1]
+    assert crashed.state.name == "FAIL"
+    assert crashed.user_attrs["failure_reason"] == f"crashed:{how}"
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert retries[0].user_attrs["retry_mode"] == "checkpoint"
+    assert retries[0].user_attrs["resumed_from_step"] >= 1  # from its last checkpoint
+    assert outcome.stopped == "done" and outcome.counts == {"complete": 4, "fail": 1}
+    assert outcome.crashed == [{"number": 1, "reason": f"crashed:{how}", "retried": True}]
+    assert any(k == "notice" and f"died ({how})" in i["message"] for k, i in events)
+
+
+def test_a_trial_that_crashes_again_stays_failed_and_the_sampler_moves_on(small_study):
+    from tlsearch.report import build_report
+
+    tmp_path, data, space = small_study
+    config = _config(tmp_path, data, space, trials=3, study="crash-always")
+    outcome = run_workers(config, 1, crash_trials={0: "SIGSEGV:always"})
+    trials = open_study(config, create=False).study.get_trials()
+    reasons = [t.user_attrs.get("failure_reason") for t in trials if t.state.name == "FAIL"]
+    assert reasons == ["crashed:SIGSEGV", "crashed:SIGSEGV"]  # the trial and its one retry
+    assert trials[1].user_attrs["crash_retry_of"] == 0
+    assert not any(t.user_attrs.get("crash_retry_of") == 1 for t in trials)
+    # The failed retry counts as finished (the retried original does not).
+    assert outcome.stopped == "done" and outcome.counts == {"complete": 2, "fail": 2}
+    html = build_report(config.study_dir, tmp_path / "r.html").read_text()
+    assert "Crashed trials" in html and "SIGSEGV" in html
+    assert "a crash retry is not retried again" in html
+
+
+def test_a_worker_past_its_memory_limit_is_replaced_between_trials(small_study):
+    tmp_path, data, space = small_study
+    config = _config(tmp_path, data, space, trials=3, study="recycle", worker_memory_mb=1.0)
+    events = []
+    outcome = run_workers(config, 1, on_event=lambda k, i: events.append((k, i)))
+    trials = open_study(config, create=False).study.get_trials()
+    assert outcome.stopped == "done" and outcome.counts == {"complete": 3}
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 3  # a fresh one each
+    assert sum("replaced by a fresh one" in i.get("message", "") for k, i in events) == 3

@@ -4,7 +4,11 @@ Importing this package never imports TensorFlow; the heavy modules import it
 lazily, so `tlsearch --help` stays instant.
 """
 
-from tlsearch.strategy import Strategy
+from tlsearch import native
+
+native.configure()  # before anything can import TensorFlow
+
+from tlsearch.strategy import Strategy  # noqa: E402
 
 __version__ = "0.1.0"
 

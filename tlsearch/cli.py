@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -41,17 +43,47 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """The one place that turns the project's expected errors (`tlsearch.errors`) and
+    disk errors into one line on stderr and exit code 2; anything else is a bug."""
+    from tlsearch.errors import expected_errors, one_line
+
+    try:
+        yield
+    except expected_errors() as exc:
+        raise fail(one_line(exc)) from None
+    except OSError as exc:
+        from tlsearch.study import DISK_ERRNOS
+
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise fail(f"{exc.strerror}{where}: free space or fix permissions (or use another "
+                   "--cache-dir/--out), then re-run the same command to resume") from None
+
+
+class DemoKind(str, Enum):
+    textures = "textures"
+    digits = "digits"
+
+
 @app.command("demo-data")
 def demo_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the demo dataset into.")],
     size: Annotated[int, typer.Option(min=16, max=512, help="Image side in pixels.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed for the class subsampling.")] = 0,
+    kind: Annotated[DemoKind, typer.Option(
+        help="textures: tiles of real photos shipped with scikit-image, where pretrained "
+             "features matter (make demo's); digits: scikit-learn's digits, easy for raw "
+             "pixels.")] = DemoKind.digits,
 ) -> None:
-    """Write the built-in demo dataset (scikit-learn's digits as RGB PNGs, imbalanced)."""
+    """Write a built-in demo dataset (imbalanced, no download)."""
     from tlsearch.demo import DemoDataError, write_demo_data
 
     try:
-        summary = write_demo_data(out_dir, size=size, seed=seed)
+        summary = write_demo_data(out_dir, size=size, seed=seed,
+                                  kind=kind.value)
     except (DemoDataError, OSError) as exc:
         raise fail(str(exc)) from None
     counts = summary["counts"]
@@ -92,7 +124,7 @@ def backbones(
     include_test: Annotated[bool, typer.Option(
         "--include-test", help="Also list backbones registered for tests.")] = False,
 ) -> None:
-    """List the registered backbones and whether their ImageNet weights are cached."""
+    """List the registered backbones and whether their ImageNet weights are here offline."""
     from tlsearch.backbones import keras_models_dir, list_specs, weights_cached
 
     table = Table(title="Backbones", header_style="bold")
@@ -102,8 +134,13 @@ def backbones(
                          no_wrap=column == "name")
     for spec in list_specs(include_test=include_test):
         family = "built in" if spec.family == "none" else spec.family
-        cached = "n/a" if spec.imagenet_file is None else (
-            "cached" if weights_cached(spec) else "not cached")
+        here = weights_cached(spec)
+        if spec.imagenet_file is None:
+            cached = "n/a"
+        elif spec.imagenet_package:
+            cached = "offline (package)" if here else "package not installed"
+        else:
+            cached = "cached (offline)" if here else "download"
         table.add_row(spec.name, str(spec.default_size), str(spec.min_size), family,
                       str(spec.n_blocks), f"{spec.params / 1e6:.1f}M", f"{spec.gflops:g}", cached)
     console.print(table)
@@ -154,43 +191,11 @@ def rank_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as JSON.")] = False,
 ) -> None:
     """Rank the space's backbones by LogME on frozen features, without training."""
-    from tlsearch.backbones import (
-        WeightsUnavailableError,
-        get_spec,
-        iter_names,
-        resolve_auto_weights,
-    )
-    from tlsearch.data import DatasetError, make_split, scan
-    from tlsearch.features import FeatureCache
-    from tlsearch.rank import rank_backbones
-    from tlsearch.space import SpaceError, load_space
-    from tlsearch.study import default_cache_dir
-    from tlsearch.train import TrialData
-
     if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
         raise fail(f"--weights {weights!r}: not imagenet, none, auto or an existing file")
     _quiet_libraries()
-    try:
-        loaded = load_space(space, known_backbones=set(iter_names(include_test=True)))
-        split = make_split(scan(data_dir, progress=False), val_fraction=val_fraction, seed=seed)
-    except (SpaceError, DatasetError) as exc:
-        raise fail(str(exc)) from None
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    pairs = []
-    for name, size in loaded.backbone_sizes():
-        chosen = resolve_auto_weights(get_spec(name), size) if weights == "auto" else weights
-        if chosen is None:
-            err_console.print(f"[yellow]note:[/] {name}: no weights available offline; left out")
-            continue
-        pairs.append((name, size, chosen))
-    if not pairs:
-        raise fail("no backbone in the space has usable weights")
-    data = TrialData.from_split(data_dir, split, cache)
-    try:
-        with console.status("Running each frozen backbone over the training images..."):
-            rows = rank_backbones(pairs, data, FeatureCache(cache), seed=seed)
-    except WeightsUnavailableError as exc:
-        raise fail(str(exc)) from None
+    with one_line_errors():
+        rows = _rank(data_dir, space, weights, seed, val_fraction, cache_dir)
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
         return
@@ -202,6 +207,33 @@ def rank_command(
         table.add_row(str(i), r.key, f"{r.logme:.4f}", f"{r.probe_balanced_accuracy:.3f}",
                       str(r.feature_dim), escape(Path(r.weights).name), f"{r.seconds:.1f}")
     console.print(table)
+
+
+def _rank(data_dir: Path, space: str, weights: str, seed: int, val_fraction: float,
+          cache_dir: Path | None) -> list:
+    from tlsearch.backbones import get_spec, iter_names, resolve_auto_weights
+    from tlsearch.data import make_split, scan
+    from tlsearch.features import FeatureCache
+    from tlsearch.rank import rank_backbones
+    from tlsearch.space import load_space
+    from tlsearch.study import SearchError, default_cache_dir
+    from tlsearch.train import TrialData
+
+    loaded = load_space(space, known_backbones=set(iter_names(include_test=True)))
+    split = make_split(scan(data_dir, progress=False), val_fraction=val_fraction, seed=seed)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    pairs = []
+    for name, size in loaded.backbone_sizes():
+        chosen = resolve_auto_weights(get_spec(name), size) if weights == "auto" else weights
+        if chosen is None:
+            err_console.print(f"[yellow]note:[/] {name}: no weights available offline; left out")
+            continue
+        pairs.append((name, size, chosen))
+    if not pairs:
+        raise SearchError("no backbone in the space has usable weights")
+    data = TrialData.from_split(data_dir, split, cache)
+    with console.status("Running each frozen backbone over the training images..."):
+        return rank_backbones(pairs, data, FeatureCache(cache), seed=seed)
 
 
 @app.command()
@@ -257,6 +289,13 @@ def search(
              "(--kt-oracle) driving the same engine.")] = Engine.optuna,
     kt_oracle: Annotated[KtOracle, typer.Option(
         help="KerasTuner oracle for --engine keras-tuner.")] = KtOracle.hyperband,
+    isolate: Annotated[bool, typer.Option(
+        help="Train in supervised worker processes, so that a trial that crashes natively "
+             "(SIGSEGV, SIGABRT, out of memory) is a failed trial, not the end of the "
+             "search. --no-isolate trains in this process (for debugging).")] = True,
+    worker_memory_mb: Annotated[float | None, typer.Option(
+        min=1.0, help="Replace a worker whose memory passes this many MB after a trial "
+                      "(default: never).")] = None,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.study import SearchConfig
@@ -271,8 +310,10 @@ def search(
         val_fraction=val_fraction, force=force, rank=rank,
         keep_top_backbones=keep_top_backbones, baselines=baselines,
         max_latency_ms=max_latency_ms, max_params=max_params, engine=engine.value,
-        kt_oracle=kt_oracle.value)
-    _run(config, workers)
+        kt_oracle=kt_oracle.value, worker_memory_mb=worker_memory_mb)
+    if workers > 1 and not isolate:
+        raise fail("--workers > 1 needs worker processes; drop --no-isolate")
+    _run(config, workers, isolate=isolate)
 
 
 @app.command()
@@ -281,18 +322,20 @@ def resume(
     out: Annotated[Path, typer.Option(help="Folder that holds study folders.")] = Path("studies"),
     trials: Annotated[int | None, typer.Option(min=1, help="New total of finished trials.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    isolate: Annotated[bool, typer.Option(
+        help="Train in supervised worker processes (see `search --help`).")] = True,
 ) -> None:
     """Continue a study with the settings it was started with."""
     import dataclasses
 
-    from tlsearch.study import SearchError, load_config
+    from tlsearch.study import load_config
 
-    try:
+    with one_line_errors():
         config = load_config(out / study)
-    except SearchError as exc:
-        raise fail(str(exc)) from None
     config = dataclasses.replace(config, out=str(out), **({"trials": trials} if trials else {}))
-    _run(config, workers)
+    if workers > 1 and not isolate:
+        raise fail("--workers > 1 needs worker processes; drop --no-isolate")
+    _run(config, workers, isolate=isolate)
 
 
 def _write_report(config) -> None:
@@ -321,14 +364,13 @@ def _quiet_libraries() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _run(config, workers: int = 1) -> None:
+def _run(config, workers: int = 1, *, isolate: bool = True) -> None:
     from tlsearch.progress import SearchProgress
-    from tlsearch.space import SpaceError
     from tlsearch.study import SearchError, run_search
 
     _quiet_libraries()
     progress = SearchProgress(console, total=config.trials)
-    try:
+    with one_line_errors():
         with progress:
             if config.engine == "keras-tuner":
                 if workers > 1:
@@ -339,22 +381,12 @@ def _run(config, workers: int = 1) -> None:
 
                 outcome = run_keras_tuner(config, oracle=config.kt_oracle,
                                           on_event=progress.event)
-            elif workers > 1:
+            elif isolate:
                 from tlsearch.workers import run_workers
 
                 outcome = run_workers(config, workers, on_event=progress.event)
             else:
                 outcome = run_search(config, on_event=progress.event)
-    except (SearchError, SpaceError) as exc:
-        raise fail(str(exc)) from None
-    except OSError as exc:
-        from tlsearch.study import DISK_ERRNOS
-
-        if exc.errno not in DISK_ERRNOS:
-            raise
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise fail(f"{exc.strerror}{where}: free space or fix permissions (or use another "
-                   "--cache-dir/--out), then re-run the same command to resume") from None
     progress.summary(outcome, config)
     _write_report(config)
     if outcome.stopped == "interrupted":
@@ -375,14 +407,11 @@ def status(
     import dataclasses
 
     from tlsearch.progress import render_status
-    from tlsearch.space import SpaceError
-    from tlsearch.study import SearchError, load_config, open_study, study_summary
+    from tlsearch.study import load_config, open_study, study_summary
 
-    try:
+    with one_line_errors():
         config = dataclasses.replace(load_config(out / study), out=str(out))
         summary = study_summary(open_study(config, create=False), top=top)
-    except (SearchError, SpaceError) as exc:
-        raise fail(str(exc)) from None
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
     else:
@@ -401,13 +430,10 @@ def report(
 ) -> None:
     """Write the self-contained HTML recommendation report of a study."""
     from tlsearch.report import build_report
-    from tlsearch.study import SearchError
 
     _quiet_libraries()
-    try:
+    with one_line_errors():
         path = build_report(studies / study, out, top=top)
-    except SearchError as exc:
-        raise fail(str(exc)) from None
     console.print(f"Report: [bold]{escape(str(path))}[/]")
 
 
@@ -437,15 +463,12 @@ def export(
         help="Folder that holds study folders.")] = Path("studies"),
 ) -> None:
     """Export a trial as model.keras + labels.json + strategy.json + a model card."""
-    from tlsearch.export import ExportError, export_trial
-    from tlsearch.study import SearchError
+    from tlsearch.export import export_trial
 
     _quiet_libraries()
-    try:
+    with one_line_errors():
         summary = export_trial(studies / study, out, trial=trial, retrain=retrain.value,
                                tflite=tflite)
-    except (ExportError, SearchError) as exc:
-        raise fail(str(exc)) from None
     console.print(f"Exported trial #{summary['trial']} to [bold]{escape(str(out))}[/] "
                   f"(model.keras, labels.json, strategy.json, MODEL_CARD.md).")
     for name, check in summary.get("tflite", {}).items():
@@ -466,7 +489,6 @@ def predict(
     from rich.progress import Progress
 
     from tlsearch.export import (
-        ExportError,
         format_predictions,
         iter_image_paths,
         load_exported,
@@ -477,10 +499,8 @@ def predict(
     missing = [str(p) for p in inputs if not p.exists() and not p.is_symlink()]
     if missing:
         raise fail(f"no such file or folder: {missing[0]}")
-    try:
+    with one_line_errors():
         exported = load_exported(model_dir)
-    except ExportError as exc:
-        raise fail(str(exc)) from None
     paths = list(iter_image_paths(inputs))
     with Progress(console=err_console, transient=True,
                   disable=not err_console.is_terminal) as bar:

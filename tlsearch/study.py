@@ -32,6 +32,7 @@ __all__ = [
     "SearchOutcome",
     "StudyHandle",
     "default_cache_dir",
+    "fail_crashed_trials",
     "load_config",
     "open_study",
     "prepare_search",
@@ -87,6 +88,9 @@ class SearchConfig:
     max_params: int | None = None
     engine: str = "optuna"  # or "keras-tuner"
     kt_oracle: str = "hyperband"  # KerasTuner's oracle: hyperband or bayesian
+    #: A supervised worker whose resident memory passes this many MB after a trial is
+    #: replaced by a fresh one (None: never).
+    worker_memory_mb: float | None = None
 
     @property
     def study_dir(self) -> Path:
@@ -141,12 +145,51 @@ def make_storage(url: str | None, study_dir: Path):
     if scheme not in ("sqlite", "postgresql", "mysql"):
         raise SearchError(f"unknown storage {url!r}: use a path ending in .log, sqlite:///FILE, "
                           "postgresql://... or mysql://...")
+    url = storage_url_with_driver(url)
     try:
         # Liveness is our own heartbeat (see `_Heartbeat`), the same for every storage.
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SearchError(f"cannot open storage {url}: {first}") from None
+        raise SearchError(f"cannot open storage {hide_password(url)}: {first}") from None
+
+
+#: Database scheme -> (SQLAlchemy driver name, module it imports), in order of preference;
+#: the extras install the last one of each (`tlsearch[postgres]`, `tlsearch[mysql]`).
+DB_DRIVERS = {
+    "postgresql": (("psycopg", "psycopg"), ("psycopg2", "psycopg2")),
+    "mysql": (("mysqldb", "MySQLdb"), ("pymysql", "pymysql")),
+}
+
+
+def storage_url_with_driver(url: str) -> str:
+    """`postgresql://...` / `mysql://...` with an installed driver named explicitly.
+
+    SQLAlchemy maps a bare scheme to one fixed driver (psycopg 3 for PostgreSQL since
+    2.1, mysqlclient for MySQL), which need not be the one installed; a URL that names
+    its driver (`postgresql+psycopg2://`) is left as it is.
+    """
+    import importlib.util
+
+    scheme, rest = url.split("://", 1)
+    if "+" in scheme or scheme not in DB_DRIVERS:
+        return url
+    for driver, module in DB_DRIVERS[scheme]:
+        if importlib.util.find_spec(module) is not None:
+            return f"{scheme}+{driver}://{rest}"
+    extra = "postgres" if scheme == "postgresql" else "mysql"
+    raise SearchError(f"{scheme}:// storage needs a database driver: pip install "
+                      f"'tlsearch[{extra}]' (or name one: {scheme}+DRIVER://...)")
+
+
+def hide_password(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show it without its user part
+        head, _, tail = url.partition("://")
+        return f"{head}://{tail.rsplit('@', 1)[-1]}"
 
 
 def repair_torn_journal(path: Path) -> int:
@@ -375,6 +418,10 @@ def recover_stale_trials(handle: StudyHandle, *, stale_after: float) -> list[int
             int(worker.get("pid", 0)), worker.get("started"))
         if not (same_host_dead or age > stale_after):
             continue
+        supervisor = worker.get("supervisor") or {}
+        if (same_host_dead and age <= stale_after and supervisor.get("pid") != os.getpid()
+                and _pid_alive(int(supervisor.get("pid", 0)), supervisor.get("started"))):
+            continue  # its supervisor records how it died (crashed:SIGSEGV) and retries it
         try:
             study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", "worker_died")
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -385,7 +432,7 @@ def recover_stale_trials(handle: StudyHandle, *, stale_after: float) -> list[int
     return recovered
 
 
-def _enqueue_retry(handle: StudyHandle, trial: Any) -> None:
+def _enqueue_retry(handle: StudyHandle, trial: Any, **extra: Any) -> None:
     # The checkpoint is only here when the dead worker ran on this machine or the study
     # folder is shared; otherwise the retry starts from scratch, and says so.
     ckpt = handle.trial_dir(trial.number) / "checkpoint"
@@ -396,8 +443,40 @@ def _enqueue_retry(handle: StudyHandle, trial: Any) -> None:
         "resume_from": str(ckpt) if has_ckpt else None,
         "retry_mode": "checkpoint" if has_ckpt else "scratch",
         "baseline": trial.user_attrs.get("baseline"),
+        **extra,
     }
     handle.study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+
+
+def fail_crashed_trials(handle: StudyHandle, pid: int, signal_name: str) -> list[dict[str, Any]]:
+    """Fail the RUNNING trials of a worker process that died natively, and retry each once.
+
+    The reason names the signal (`crashed:SIGSEGV`). A trial that is itself the retry
+    of a crash stays failed, so one strategy that always crashes costs two attempts
+    and the sampler moves on. Returns one record per trial: number, reason, retried.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    reason = f"crashed:{signal_name}"
+    records = []
+    for trial in handle.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host") != host or int(worker.get("pid", 0)) != pid:
+            continue
+        storage = handle.study._storage
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "failure_reason", reason)
+            storage.set_trial_user_attr(trial._trial_id, "crash_signal", signal_name)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # already recovered by someone else
+        retried = trial.user_attrs.get("crash_retry_of") is None
+        if retried:
+            _enqueue_retry(handle, trial, crash_retry_of=trial.number)
+        records.append({"number": trial.number, "reason": reason, "retried": retried})
+    return records
 
 
 # -- the search loop ---------------------------------------------------------------------
@@ -410,6 +489,7 @@ class SearchOutcome:
     stopped: str  # "done" | "timeout" | "interrupted" | "all_failed"
     recovered: list[int] = field(default_factory=list)
     study_dir: Path | None = None
+    crashed: list[dict[str, Any]] = field(default_factory=list)  # see fail_crashed_trials
 
 
 class _Heartbeat:
@@ -446,10 +526,13 @@ class _Heartbeat:
 
 class _OptunaReporter:
     def __init__(self, trial: Any, on_epoch: Callable[[dict], None] | None,
-                 prunable: bool = True):
+                 prunable: bool = True, crash_with: str | None = None):
         self.trial, self.on_epoch, self.prunable = trial, on_epoch, prunable
+        self.crash_with = crash_with
 
     def report(self, value: float, step: int) -> None:
+        if self.crash_with:  # test hook: die natively mid-trial, after a checkpoint
+            _crash(self.crash_with)
         self.trial.report(value, step)
         if self.on_epoch:
             self.on_epoch({"trial": self.trial.number, "step": step, "value": value})
@@ -457,6 +540,34 @@ class _OptunaReporter:
     def should_stop(self) -> bool:
         # Baselines are the yardstick: they run their whole recipe.
         return self.prunable and self.trial.should_prune()
+
+
+def _crash(how: str) -> None:
+    import signal
+
+    if how.startswith("SIGABRT"):
+        os.abort()
+    os.kill(os.getpid(), getattr(signal, how.split(":")[0]))
+
+
+def _crash_hook(crash_trials: dict[int, str] | None, number: int,
+                attrs: dict[str, Any]) -> str | None:
+    """The signal a test asked this trial to die of: `{n: "SIGSEGV"}` crashes trial n;
+    `"SIGSEGV:always"` crashes its crash retry too."""
+    if not crash_trials:
+        return None
+    if number in crash_trials:
+        return crash_trials[number]
+    first = crash_trials.get(attrs.get("crash_retry_of"))
+    return first if first and first.endswith(":always") else None
+
+
+def _resident_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 @contextmanager
@@ -726,7 +837,9 @@ def prepare_search(config: SearchConfig, emit: Callable[[str, dict], None]) -> P
 
 def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | None = None,
                nan_at_step: int | None = None,
-               nan_trials: Collection[int] | None = None) -> SearchOutcome:
+               nan_trials: Collection[int] | None = None,
+               crash_trials: dict[int, str] | None = None,
+               supervisor: dict[str, Any] | None = None) -> SearchOutcome:
     """Run (or continue) a search until `config.trials` trials are finished.
 
     Args:
@@ -734,6 +847,10 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             "notice", "data", "rank", "trial_start", "epoch", "trial_end".
         nan_at_step, nan_trials: test hooks: every trial (or only the trials with these
             numbers, from their first step) behaves as if its loss became NaN.
+        crash_trials: test hook: these trials kill their process with a signal after
+            their first epoch (see `_crash_hook`).
+        supervisor: pid/start of the process supervising this one (`workers.py`), which
+            records and retries this worker's trial if it dies; recorded with each trial.
     """
     from optuna.trial import TrialState
 
@@ -771,7 +888,8 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             trial = study.ask()
             # Claim it at once: a trial without an owner can only be recovered by age.
             trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
-                                           "started": _process_start(os.getpid())})
+                                           "started": _process_start(os.getpid()),
+                                           "supervisor": supervisor})
         attrs = trial.user_attrs  # enqueued retries carry their strategy and checkpoint
         if attrs.get("strategy"):
             if not attrs.get("baseline"):  # baselines stay out of the sampler's sight
@@ -792,7 +910,8 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
                              "retry_of": attrs.get("retry_of"),
                              "baseline": attrs.get("baseline")})
         reporter = _OptunaReporter(trial, lambda info: emit("epoch", info),
-                                   prunable=not attrs.get("baseline"))
+                                   prunable=not attrs.get("baseline"),
+                                   crash_with=_crash_hook(crash_trials, trial.number, attrs))
         try:
             with _Heartbeat(trial, tdir / "heartbeat", beat_every):
                 result = run_trial(strategy, data, reporter, checkpoint_dir=tdir / "checkpoint",
@@ -844,6 +963,9 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
         study.tell(trial, result.objective)
         emit("trial_end", {"number": trial.number, "state": "complete",
                            "value": result.objective, "seconds": result.timings.get("total")})
+        if config.worker_memory_mb and _resident_mb() > config.worker_memory_mb:
+            stopped = "recycle"  # the supervisor starts a fresh worker in its place
+            break
     summary = study_summary(handle)
     return SearchOutcome(best=summary["best"], counts=summary["counts"], stopped=stopped,
                          recovered=recovered, study_dir=handle.dir)

@@ -1126,6 +1126,15 @@ def _search_health(trials: list[dict[str, Any]]) -> dict[str, Any]:
                 "resumed_from_step": t["resumed_from_step"] or 0,
                 "retry_mode": t["retry_mode"],
             })
+    retries = {t["retry_of"]: t for t in trials if t["retry_of"] is not None}
+    crashed = []
+    for t in trials:
+        reason = t["failure_reason"] or ""
+        if t["state"] == "failed" and reason.startswith("crashed:"):
+            retry = retries.get(t["number"])
+            crashed.append({"number": t["number"], "signal": reason.split(":", 1)[1],
+                            "retry": retry["number"] if retry else None,
+                            "retry_state": retry["state"] if retry else None})
     hits = sum(int((t["cache"] or {}).get("hits", 0)) for t in trials)
     misses = sum(int((t["cache"] or {}).get("misses", 0)) for t in trials)
     return {
@@ -1134,6 +1143,7 @@ def _search_health(trials: list[dict[str, Any]]) -> dict[str, Any]:
                       "detail": display(ts[0]["failure_detail"])[:300]}
                      for r, ts in sorted(failures.items(), key=lambda kv: -len(kv[1]))],
         "recovered": recovered,
+        "crashed": crashed,
         "cache_hits": hits, "cache_misses": misses,
         "cached_trials": sum(1 for t in trials if t["cached"]),
         "without_result": [t["number"] for t in trials if not t["has_result"]
