@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tlsearch demo-data demo_data
 	$(BIN)/tlsearch doctor demo_data
-	$(BIN)/tlsearch search demo_data --space quick --weights auto --study demo --trials 12 --timeout 420
+	$(BIN)/tlsearch search demo_data --space quick --study demo --trials 12 --timeout 420
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

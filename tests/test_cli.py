@@ -36,7 +36,7 @@ def test_demo_data_then_doctor(tmp_path):
     r = runner.invoke(app, ["doctor", str(tmp_path / "demo"), "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
-    assert report["usable"] and len(report["classes"]) == 10
+    assert report["usable"] and len(report["classes"]) == 8  # the textures demo by default
 
 
 def test_doctor_unusable_dataset_is_one_line(tmp_path):

@@ -61,3 +61,25 @@ def test_demo_refuses_foreign_folders(tmp_path: Path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert write_demo_data(empty, size=8)["total"] > 0
+
+
+def test_textures_demo_is_eight_imbalanced_classes_of_real_photos(tmp_path: Path):
+    from tlsearch.demo import TEXTURES
+
+    out = tmp_path / "textures"
+    summary = write_demo_data(out, size=32, seed=0, kind="textures")
+    assert summary["classes"] == list(TEXTURES) and summary["kind"] == "textures"
+    counts = summary["counts"]
+    assert 3 <= max(counts.values()) / min(counts.values()) <= 5
+    assert min(counts.values()) >= 25  # enough for a held-out test split of every class
+    index = scan(out)
+    assert index.counts() == counts and index.skipped == ()
+    # Grey tiles: colour says nothing about the class.
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(next((out / "tissue").glob("*.png"))))
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    # Switching kinds in one folder leaves only the new kind's classes.
+    write_demo_data(out, size=32, seed=0, kind="digits")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [str(k) for k in range(10)]

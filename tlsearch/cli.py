@@ -76,7 +76,7 @@ def demo_data(
     kind: Annotated[DemoKind, typer.Option(
         help="textures: tiles of real photos shipped with scikit-image, where pretrained "
              "features matter (make demo's); digits: scikit-learn's digits, easy for raw "
-             "pixels.")] = DemoKind.digits,
+             "pixels.")] = DemoKind.textures,
 ) -> None:
     """Write a built-in demo dataset (imbalanced, no download)."""
     from tlsearch.demo import DemoDataError, write_demo_data
@@ -266,6 +266,12 @@ def search(
     pruner: Annotated[Pruner, typer.Option(help="Multi-fidelity pruner.")] = Pruner.hyperband,
     val_fraction: Annotated[float, typer.Option(min=0.05, max=0.9,
                                                 help="Validation share (flat layout).")] = 0.2,
+    test_fraction: Annotated[float | None, typer.Option(
+        min=0.0, max=0.5,
+        help="Held-out test share, scored once at the end for the recommendation and the "
+             "baselines; nothing selects on it. Default: 0.2 when every class has at least "
+             "20 images, else none (with a notice). A test/ folder is used as given.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Continue even if the dataset or space "
                                         "changed since the study started.")] = False,
     workers: Annotated[int, typer.Option(
@@ -307,7 +313,7 @@ def search(
         out=str(out), storage=storage, trials=trials, timeout=timeout,
         metric=metric.value if metric else None, weights=weights, seed=seed,
         cache_dir=str(cache_dir) if cache_dir else None, pruner=pruner.value,
-        val_fraction=val_fraction, force=force, rank=rank,
+        val_fraction=val_fraction, test_fraction=test_fraction, force=force, rank=rank,
         keep_top_backbones=keep_top_backbones, baselines=baselines,
         max_latency_ms=max_latency_ms, max_params=max_params, engine=engine.value,
         kt_oracle=kt_oracle.value, worker_memory_mb=worker_memory_mb)
@@ -351,6 +357,15 @@ def _write_report(config) -> None:
     console.print(f"Report: [bold]{escape(str(path))}[/]")
 
 
+def _score_holdout(config):
+    """The recommendation and the baselines on the held-out test split (once each)."""
+    from tlsearch.holdout import score_holdout
+    from tlsearch.study import open_study
+
+    with console.status("Scoring the recommendation on the held-out test split..."):
+        return score_holdout(open_study(config, create=False))
+
+
 def _quiet_libraries() -> None:
     """Keep TensorFlow/Optuna chatter out of the progress display."""
     import logging
@@ -387,7 +402,8 @@ def _run(config, workers: int = 1, *, isolate: bool = True) -> None:
                 outcome = run_workers(config, workers, on_event=progress.event)
             else:
                 outcome = run_search(config, on_event=progress.event)
-    progress.summary(outcome, config)
+        holdout = _score_holdout(config)
+    progress.summary(outcome, config, holdout)
     _write_report(config)
     if outcome.stopped == "interrupted":
         raise typer.Exit(130)

@@ -72,12 +72,15 @@ def load_model_safely(path: Path) -> Any:
 def _pick_trial(handle: Any, trial: int | None) -> Any:
     from optuna.trial import TrialState
 
+    from tlsearch.study import study_summary
+
     trials = handle.study.get_trials(deepcopy=False)
-    if trial is None:
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        if not complete:
-            raise ExportError(f"study {handle.config.study!r} has no completed trial to export")
-        return max(complete, key=lambda t: t.value)
+    if trial is None:  # the recommended trial: the one status and the report name
+        best = study_summary(handle, top=1)["best"]
+        if best is None:
+            raise ExportError(f"study {handle.config.study!r} has no completed trial that "
+                              "meets its constraints to export")
+        trial = best["number"]
     matches = [t for t in trials if t.number == trial]
     if not matches or matches[0].state != TrialState.COMPLETE:
         raise ExportError(f"trial {trial} is not a completed trial of study "
@@ -139,6 +142,11 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "path": str(out),
     }
+    scored = ((handle.study.user_attrs.get("holdout") or {}).get("scores") or {}).get(
+        str(chosen.number))
+    if scored and retrain == "none":  # a retrained model is another model: not scored
+        summary["test"] = {k: scored[k] for k in ("value", "low", "high", "metrics")}
+        summary["n_test"] = handle.study.user_attrs["holdout"]["n_test"]
     if tflite:
         summary["tflite"] = _export_tflite(out, strategy, split, config)
     _write_text(out / "export.json", json.dumps(summary, indent=2, default=str))
@@ -207,7 +215,14 @@ def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -
         f"- Strategy: {strategy.describe()}",
         f"- Weights the backbone started from: {strategy.weights}",
         f"- Trained on: {summary['trained_on']}",
-        "- Validation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        "- Validation (selected on): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        ("- Held-out test ({} images no selection saw): ".format(summary["n_test"])
+         + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"]["metrics"].items())
+         + " (95% interval of {}: {:.4f}-{:.4f})".format(
+             summary.get("metric") or "the objective", summary["test"]["low"],
+             summary["test"]["high"]))
+        if "test" in summary else "- Held-out test: none (the study has no test split, or "
+        "the model was retrained)",
         f"- Data fingerprint: {summary['fingerprint']}",
         f"- Exported: {summary['exported']}",
         f"- Classes ({len(labels)}): see labels.json (index -> name)",

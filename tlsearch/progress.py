@@ -89,7 +89,7 @@ class SearchProgress:
             self.progress.advance(self.task)
             self.progress.update(self.task, description=self._describe())
 
-    def summary(self, outcome: Any, config: Any) -> None:
+    def summary(self, outcome: Any, config: Any, holdout: dict[str, Any] | None = None) -> None:
         c = self.console
         counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items()))
         c.print(f"\nStudy [bold]{escape(config.study)}[/] in {escape(str(outcome.study_dir))}: "
@@ -114,12 +114,33 @@ class SearchProgress:
                 f", accuracy {metrics.get('accuracy', 0):.3f}):")
         c.print(f"  {escape(strategy.describe())}")
         c.print(f"  weights used: {escape(strategy.weights)}")
+        test = ((holdout or {}).get("scores") or {}).get(str(best["number"]))
+        if test:
+            c.print(f"  [bold]held-out test {holdout['metric']}: {test['value']:.3f}[/] "
+                    f"(95% interval {test['low']:.3f}-{test['high']:.3f}, "
+                    f"{holdout['n_test']} images no selection saw)")
+            for number, row in sorted(holdout["scores"].items(), key=lambda kv: int(kv[0])):
+                if row.get("baseline") and int(number) != best["number"]:
+                    c.print(f"  baseline {escape(row['baseline'])} (trial #{number}) on test: "
+                            f"{row['value']:.3f}")
+        else:
+            c.print("  [yellow]no held-out test score[/]: the validation score above was "
+                    "used to select, so it is optimistic")
 
 
 def render_status(console: Console, summary: dict[str, Any], config: Any) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "no trials"
     console.print(f"Study [bold]{escape(summary['study'])}[/] ({escape(config.data_dir)}, "
                   f"space {escape(config.space)}, metric {summary['metric']}): {counts}")
+    best, test = summary.get("best"), summary.get("test") or {}
+    scored = (test.get("scores") or {}).get(str(best["number"])) if best else None
+    if best and scored:
+        console.print(f"Recommended: trial #{best['number']}, validation {best['value']:.4f}, "
+                      f"[bold]held-out test {scored['value']:.4f}[/] "
+                      f"({scored['low']:.3f}-{scored['high']:.3f}, {test['n_test']} images)")
+    elif best:
+        console.print(f"Recommended: trial #{best['number']}, validation {best['value']:.4f} "
+                      "(no held-out test score yet)")
     table = Table(title="Leaderboard", header_style="bold")
     for col in ("#", "objective", "backbone", "size", "unfreeze", "BN", "aug", "imbalance",
                 "head LR", "weights", "time s", "latency ms"):

@@ -78,7 +78,9 @@ class SearchConfig:
     cache_dir: str | None = None
     pruner: str = "hyperband"
     val_fraction: float = 0.2
-    test_fraction: float = 0.0
+    #: Held-out test share; None: `AUTO_TEST_FRACTION` when every class has at least
+    #: `MIN_CLASS_FOR_TEST` images (a pre-split test/ folder is always honoured).
+    test_fraction: float | None = 0.0
     force: bool = False
     stale_after: float = 600.0
     rank: bool = True
@@ -653,6 +655,20 @@ def _resolve_weights(handle: StudyHandle, weights: str,
     return chosen
 
 
+AUTO_TEST_FRACTION = 0.2
+MIN_CLASS_FOR_TEST = 20
+
+
+def _test_fraction(config: SearchConfig, index: Any) -> float:
+    if config.test_fraction is not None:
+        return config.test_fraction
+    counts: dict[int, int] = {}
+    for record in index.records:
+        counts[record.label] = counts.get(record.label, 0) + 1
+    big_enough = counts and min(counts.values()) >= MIN_CLASS_FOR_TEST
+    return AUTO_TEST_FRACTION if big_enough else 0.0
+
+
 def prepare_split(handle: StudyHandle) -> tuple[Any, Any]:
     """Scan the data and load the study's split, making it on first use.
 
@@ -669,7 +685,7 @@ def prepare_split(handle: StudyHandle) -> tuple[Any, Any]:
     def fresh() -> Any:
         try:
             made = make_split(index, val_fraction=config.val_fraction,
-                              test_fraction=config.test_fraction, seed=config.seed)
+                              test_fraction=_test_fraction(config, index), seed=config.seed)
         except DatasetError as exc:
             raise SearchError(str(exc)) from None
         made.save(split_path)
@@ -816,6 +832,11 @@ def prepare_search(config: SearchConfig, emit: Callable[[str, dict], None]) -> P
                   "classes": len(split.classes), "train": len(split.train),
                   "val": len(split.val), "test": len(split.test),
                   "skipped_reasons": _reason_counts(index.skipped)})
+    if not split.test:
+        emit("notice", {"message": "no held-out test split (a class has fewer than "
+                        f"{MIN_CLASS_FOR_TEST} images, or --test-fraction 0): the headline is "
+                        "the validation score, which the search selects on, so it is "
+                        "optimistic"})
     data = TrialData.from_split(Path(config.data_dir), split, config.cache_path)
     cache = FeatureCache(config.cache_path)
 
@@ -977,21 +998,35 @@ MODEL_FILE = "model.keras"
 
 
 def _keep_model_if_top(handle: StudyHandle, number: int, result: Any) -> None:
-    """Save the trial's model if it is among the best few; drop models that fell out."""
+    """Save the trial's model if it may be recommended and ranks among the best few
+    eligible trials (`meets_constraints`), or is a baseline recipe (scored on the test
+    split at the end); drop the models that fell out."""
     from optuna.trial import TrialState
 
-    others = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.value is not None and t.number != number]
-    ranked = sorted([(t.value, -t.number, t.number) for t in others]
-                    + [(result.objective, -number, number)], reverse=True)
-    keep = {n for _, _, n in ranked[:KEEP_TOP_MODELS]}
+    config = handle.config
+    ranked, keep = [], set()
+    trials = handle.study.get_trials(deepcopy=False)
+    for t in trials:
+        value = result.objective if t.number == number else (
+            t.value if t.state == TrialState.COMPLETE else None)
+        if value is None:
+            continue
+        if t.user_attrs.get("baseline"):
+            keep.add(t.number)
+        if meets_constraints(config, t.user_attrs.get("latency_ms"),
+                             t.user_attrs.get("params_total")):
+            ranked.append((value, -t.number, t.number))
+    keep |= {n for _, _, n in sorted(ranked, reverse=True)[:KEEP_TOP_MODELS]}
     if number in keep and result.model is not None:
         path = handle.trial_dir(number) / MODEL_FILE
         tmp = path.with_name(f".{os.getpid()}.tmp.keras")
         result.model.save(tmp)
         os.replace(tmp, path)
-    for _, _, n in ranked[KEEP_TOP_MODELS:]:
-        (handle.trial_dir(n) / MODEL_FILE).unlink(missing_ok=True)
+    for t in trials:
+        if t.number not in keep and t.number != number and t.state == TrialState.COMPLETE:
+            (handle.trial_dir(t.number) / MODEL_FILE).unlink(missing_ok=True)
+    if number not in keep:
+        (handle.trial_dir(number) / MODEL_FILE).unlink(missing_ok=True)
 
 
 def _reason_counts(skipped: Any) -> dict[str, int]:
@@ -1048,4 +1083,6 @@ def study_summary(handle: StudyHandle, *, top: int = 10) -> dict[str, Any]:
             "counts": counts, "leaderboard": board[:top], "failures": failures,
             "best": eligible[0] if eligible else None,
             "excluded_by_constraints": len(board) - len(eligible),
-            "ranking": handle.study.user_attrs.get("ranking") or []}
+            "ranking": handle.study.user_attrs.get("ranking") or [],
+            # held-out test scores of the recommendation and baselines (tlsearch.holdout)
+            "test": handle.study.user_attrs.get("holdout") or None}

@@ -1199,6 +1199,8 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         except Exception as exc:  # the diagnosis is a section, never a reason to fail
             doctor_note = f"The data diagnosis failed: {display(exc)}"
 
+    holdout = handle.study.user_attrs.get("holdout") or {}
+    test_scores = holdout.get("scores") or {}
     recommendation = None
     if best is not None:
         s = best["strategy"] or {}
@@ -1218,6 +1220,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
                   if ci is not None and t["value"] >= ci["low"]]
         weights_text, weights_warning = _weights_text(s.get("weights", "imagenet"))
         recommendation = {
+            "test": test_scores.get(str(best["number"])), "n_test": holdout.get("n_test"),
             "trial": best["number"], "value": best["value"], "ci": ci, "ci_note": ci_note,
             "n_val": n_val, "resamples": BOOTSTRAP_RESAMPLES,
             "within_interval": within,
@@ -1275,7 +1278,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         "doctor_note": doctor_note,
         "search": _search_health(trials),
         "constraints": constraints,
-        "baselines": _baselines(trials, best, metric),
+        "baselines": _baselines(trials, best, metric, test_scores),
         "ranking": _ranking(handle.study.user_attrs.get("ranking") or [], complete),
         "cost": {"time": cost_points, "latency": latency_points,
                  "time_front": pareto_front(cost_points),
@@ -1307,7 +1310,7 @@ def _constraints(config: Any, complete: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
-               metric: str) -> list[dict[str, Any]]:
+               metric: str, test_scores: dict[str, Any]) -> list[dict[str, Any]]:
     """Each standard recipe's trial, and how the recommendation compares with it."""
     from tlsearch.baselines import BASELINES
 
@@ -1321,7 +1324,12 @@ def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
         row = {"name": display(name), "title": titles.get(name, display(name)),
                "number": t["number"], "state": t["state"], "value": t["value"],
                "seconds": t["seconds"], "gain_points": None, "time_ratio": None,
-               "is_best": best is not None and best["number"] == t["number"]}
+               "is_best": best is not None and best["number"] == t["number"],
+               "test": (test_scores.get(str(t["number"])) or {}).get("value"),
+               "test_gain_points": None}
+        best_test = (test_scores.get(str(best["number"])) or {}).get("value") if best else None
+        if best_test is not None and row["test"] is not None:
+            row["test_gain_points"] = 100.0 * (best_test - row["test"])
         if best is not None and t["state"] == "complete" and t["value"] is not None:
             row["gain_points"] = 100.0 * (best["value"] - t["value"])
             if best["seconds"] and t["seconds"]:

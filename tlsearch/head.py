@@ -1,0 +1,108 @@
+"""The head's starting point: standardized features and a converged linear classifier.
+
+Pooled features of a pretrained network can have any scale and spread (mean |f| of
+0.07 with very uneven dimensions is common): a Dense head trained a few epochs with
+Adam fits them badly, and every fine-tuning trial would start from that half-fitted
+head. So each trial's head starts from a solve instead (LP-FT, Kumar et al., ICLR
+2022): the head's `Normalization` layer takes the mean and variance of the training
+features, and its classifier is scikit-learn's multinomial `LogisticRegression`
+(L-BFGS, to convergence, class-balanced sample weights where the strategy fights
+imbalance) on the standardized features, with the regularisation strength chosen on
+validation from a small grid. Only training and validation images are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["C_GRID", "LinearHead", "solve_linear_head"]
+
+#: Inverse L2 strengths tried; the one with the best validation score is kept.
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+_CACHE: OrderedDict[str, LinearHead] = OrderedDict()
+_CACHE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """Standardization and a linear classifier, in the head's own layout."""
+
+    mean: np.ndarray  # (d,)
+    variance: np.ndarray  # (d,)
+    kernel: np.ndarray  # (d, k), on standardized features
+    bias: np.ndarray  # (k,)
+    C: float
+    val_score: float  # the chosen C's validation score under `metric`
+
+
+def _score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
+    from sklearn import metrics as M
+
+    if metric == "accuracy":
+        return float(M.accuracy_score(y, pred))
+    if metric == "macro_f1":
+        return float(M.f1_score(y, pred, average="macro", zero_division=0))
+    return float(M.balanced_accuracy_score(y, pred))
+
+
+def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
+                      y_val: np.ndarray, n_classes: int, *, balanced: bool,
+                      metric: str = "balanced_accuracy") -> LinearHead:
+    """Fit the head on pooled training features; choose C on the validation features.
+
+    Args:
+        train, val: pooled frozen features, (n, d).
+        balanced: weight samples inversely to their class frequency.
+
+    Results are cached by the bytes of the inputs: trials that share features share
+    the solve.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    train = np.asarray(train, dtype=np.float64)
+    val = np.asarray(val, dtype=np.float64)
+    key = hashlib.sha256(b"".join([
+        train.tobytes(), np.asarray(y_train).tobytes(), val.tobytes(),
+        np.asarray(y_val).tobytes(), repr((n_classes, balanced, metric, C_GRID)).encode(),
+    ])).hexdigest()
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    mean = train.mean(axis=0)
+    variance = train.var(axis=0)
+    scale = np.maximum(np.sqrt(variance), 1e-7)  # what keras.layers.Normalization divides by
+    xt, xv = (train - mean) / scale, (val - mean) / scale
+    weights = compute_sample_weight("balanced", y_train) if balanced else None
+    best: tuple[float, float, LogisticRegression] | None = None
+    for c in C_GRID:
+        model = LogisticRegression(C=c, max_iter=2000, tol=1e-6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(xt, y_train, sample_weight=weights)
+        score = _score(metric, y_val, model.predict(xv)) if len(y_val) else 0.0
+        if best is None or score > best[0]:
+            best = (score, c, model)
+    score, c, model = best
+    kernel = np.zeros((train.shape[1], n_classes))
+    bias = np.full(n_classes, -30.0)  # a class absent from training gets ~0 probability
+    seen = model.classes_.astype(int)
+    if len(seen) == 2 and model.coef_.shape[0] == 1:  # binary: sklearn keeps one row
+        kernel[:, seen[1]], bias[seen[1]] = model.coef_[0] / 2, model.intercept_[0] / 2
+        kernel[:, seen[0]], bias[seen[0]] = -model.coef_[0] / 2, -model.intercept_[0] / 2
+    else:
+        kernel[:, seen] = model.coef_.T
+        bias[seen] = model.intercept_
+    head = LinearHead(mean=mean.astype(np.float32), variance=variance.astype(np.float32),
+                      kernel=kernel.astype(np.float32), bias=bias.astype(np.float32),
+                      C=float(c), val_score=float(score))
+    _CACHE[key] = head
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return head

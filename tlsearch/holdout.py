@@ -1,0 +1,85 @@
+"""The held-out test split: the headline score, measured once, by nothing that selects.
+
+Trials train on the train split and are selected (epochs, trials, constraints) on the
+validation split; `TrialData` does not even carry the test paths. When a search ends,
+the recommended trial and each baseline recipe predict the test images once, through
+the same decoding and saved model as `tlsearch predict`, and the scores are stored in
+the study. A later run scores only what is new (a changed recommendation after a
+resume), so the test split is never consulted to choose anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["HOLDOUT_ATTR", "holdout_scores", "score_holdout"]
+
+#: Study user attribute holding the scores: {"n_test", "metric", "scores": {trial: {...}}}.
+HOLDOUT_ATTR = "holdout"
+
+
+def holdout_scores(handle: Any) -> dict[str, Any]:
+    """What `score_holdout` stored (empty when the study has no test split)."""
+    return dict(handle.study.user_attrs.get(HOLDOUT_ATTR) or {})
+
+
+def _predict(model_path: Path, paths: list[Path], size: int) -> np.ndarray:
+    from tlsearch.data import decode_image
+    from tlsearch.export import load_model_safely
+
+    model = load_model_safely(model_path)
+    x = np.stack([decode_image(p, size) for p in paths]).astype(np.float32)
+    return np.asarray(model.predict(x, verbose=0, batch_size=64), dtype=np.float64)
+
+
+def score_holdout(handle: Any) -> dict[str, Any] | None:
+    """Score the recommended trial and the baselines on the test split, each once.
+
+    Returns the stored record, or None when the study's split has no test part.
+    """
+    from optuna.trial import TrialState
+
+    from tlsearch.data import Split
+    from tlsearch.report.context import bootstrap_interval
+    from tlsearch.study import MODEL_FILE, SPLIT_FILE, study_summary
+    from tlsearch.train import compute_metrics
+
+    split = Split.load(handle.dir / SPLIT_FILE)
+    if not split.test:
+        return None
+    metric = handle.study.user_attrs.get("metric") or handle.space.objective
+    best = study_summary(handle, top=1)["best"]
+    wanted = {t.number: t.user_attrs.get("baseline") for t in handle.study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("baseline")}
+    if best is not None:
+        wanted.setdefault(best["number"], None)
+    record = holdout_scores(handle)
+    scores = dict(record.get("scores") or {})
+    root = Path(handle.config.data_dir)
+    paths = [root / p for p, _ in split.test]
+    labels = np.asarray([y for _, y in split.test])
+    trials = {t.number: t for t in handle.study.get_trials(deepcopy=False)}
+    for number, baseline in sorted(wanted.items()):
+        model = handle.trial_dir(number) / MODEL_FILE
+        if not model.is_file():
+            continue  # an old study from before baselines kept their models
+        stamp = os.stat(model).st_mtime_ns
+        if scores.get(str(number), {}).get("model_mtime_ns") == stamp:
+            continue  # scored already: the test split is read once per model
+        size = int(trials[number].user_attrs["strategy"]["image_size"])
+        probs = _predict(model, paths, size)
+        metrics = compute_metrics(labels, probs, split.classes)
+        value, low, high = bootstrap_interval(labels, probs, metric)
+        scores[str(number)] = {
+            "value": value, "low": low, "high": high, "baseline": baseline,
+            "metrics": {k: metrics[k] for k in ("balanced_accuracy", "accuracy", "macro_f1")},
+            "model_mtime_ns": stamp,
+        }
+    record = {"n_test": len(paths), "metric": metric, "scores": scores,
+              "recommended": best["number"] if best else None}
+    handle.study.set_user_attr(HOLDOUT_ATTR, record)
+    return record
