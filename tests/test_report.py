@@ -210,3 +210,30 @@ def test_keras_snippet_compiles_for_every_remedy():
         code = keras_snippet(s.to_dict(), get_spec(backbone), data_dir="d'ir\"", val_fraction=0.2)
         compile(code, backbone, "exec")
         assert "PHASES = " in code and "training=training and BN_MODE" in code
+
+
+@pytest.mark.parametrize("extra", [dict(imbalance="class_weight"),
+                                   dict(head_init="random", head_hidden_units=8)],
+                         ids=["solve", "random-hidden"])
+def test_keras_snippet_runs_and_starts_from_the_solve(tmp_path, extra):
+    """The generated script is real code: it trains, solves the head, saves a model."""
+    import subprocess
+    import sys
+
+    from tests.conftest import write_colour_dataset
+    from tlsearch.backbones import get_spec
+    from tlsearch.strategy import Strategy
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})
+    s = Strategy("tiny_cnn", 32, weights="none", unfreeze_blocks=1, head_epochs=1,
+                 finetune_epochs=1, batch_size=8, **extra)
+    code = keras_snippet(s.to_dict(), get_spec("tiny_cnn"), data_dir=str(data),
+                         val_fraction=0.25)
+    script = tmp_path / "recipe.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "model.keras").is_file()
+    assert ("LogisticRegression" in code) == (s.head_init == "solve")
+    assert "best validation balanced accuracy" in out.stdout

@@ -35,7 +35,7 @@ def _keras_io(base: Strategy) -> Strategy:
                         schedule="constant", warmup_epochs=0, head_dropout=0.2,
                         head_hidden_units=0, head_l2=0.0, label_smoothing=0.0,
                         augmentation="light", imbalance="none", early_stopping_patience=0,
-                        finetune_epochs=max(base.finetune_epochs, 1))
+                        finetune_epochs=max(base.finetune_epochs, 1), head_init="random")
 
 
 def _fastai(base: Strategy) -> Strategy:
@@ -48,15 +48,19 @@ def _fastai(base: Strategy) -> Strategy:
                         weight_decay=1e-2, schedule="cosine", warmup_epochs=1,
                         head_hidden_units=0, head_l2=0.0, label_smoothing=0.0,
                         imbalance="none", early_stopping_patience=0,
-                        finetune_epochs=max(base.head_epochs + base.finetune_epochs - 1, 1))
+                        finetune_epochs=max(base.head_epochs + base.finetune_epochs - 1, 1),
+                        head_init="random")
 
 
 def _linear_probe(base: Strategy) -> Strategy:
-    # A linear classifier on frozen features: the floor any fine-tuning must beat.
+    # A linear classifier on frozen features, the floor any fine-tuning must beat:
+    # scikit-learn's StandardScaler + LogisticRegression (C chosen on validation), kept
+    # unless a few epochs of SGD from it score better on validation.
     return base.replace(unfreeze_blocks=0, finetune_epochs=0, gradual=False, bn_mode="frozen",
                         head_dropout=0.0, head_hidden_units=0, head_l2=0.0,
                         label_smoothing=0.0, augmentation="none", imbalance="none",
-                        schedule="cosine", warmup_epochs=0, early_stopping_patience=0)
+                        schedule="cosine", warmup_epochs=0, early_stopping_patience=0,
+                        head_init="solve")
 
 
 BASELINES: tuple[Baseline, ...] = (

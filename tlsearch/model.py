@@ -302,6 +302,9 @@ def _build_head(feature_shape: tuple[int, ...], num_classes: int, strategy: Stra
     reg = regularizers.L2(strategy.head_l2) if strategy.head_l2 > 0 else None
     inputs = keras.Input(feature_shape, name="features")
     x = layers.GlobalAveragePooling2D(name="head_pool")(inputs)
+    # Identity until the engine sets it from the training features (tlsearch.head);
+    # saved with the model, so exports standardize exactly as training did.
+    x = layers.Normalization(axis=-1, name="head_norm")(x)
     if strategy.head_dropout > 0:
         x = layers.Dropout(strategy.head_dropout, seed=strategy.seed, name="head_dropout")(x)
     if strategy.head_hidden_units:

@@ -32,6 +32,7 @@ from tlsearch.strategy import (
     ALL_BLOCKS,
     AUGMENTATIONS,
     BN_MODES,
+    HEAD_INITS,
     IMBALANCE_REMEDIES,
     OPTIMIZERS,
     SCHEDULES,
@@ -234,6 +235,7 @@ _DOMAINS: Mapping[str, _Domain] = MappingProxyType(
         "weight_decay": _Domain(float, minimum=0),
         "warmup_epochs": _Domain(int, minimum=0),
         "early_stopping_patience": _Domain(int, minimum=0),
+        "head_init": _Domain(str, choices=HEAD_INITS),
     }
 )
 _STRATEGY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Strategy)}

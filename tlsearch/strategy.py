@@ -16,6 +16,7 @@ __all__ = [
     "ALL_BLOCKS",
     "AUGMENTATIONS",
     "BN_MODES",
+    "HEAD_INITS",
     "IMBALANCE_REMEDIES",
     "OPTIMIZERS",
     "SCHEDULES",
@@ -31,6 +32,10 @@ AUGMENTATIONS = ("none", "light", "medium", "strong")
 IMBALANCE_REMEDIES = ("none", "class_weight", "oversample", "focal")
 SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+#: How the head starts: `solve` standardizes the pooled features and fits a converged
+#: linear classifier on them (tlsearch.head); `random` is Keras's own initialisation on
+#: unscaled features (the keras.io and fastai recipes).
+HEAD_INITS = ("solve", "random")
 
 
 class StrategyError(ValueError):
@@ -69,6 +74,7 @@ class Strategy:
     batch_size: int = 32
     early_stopping_patience: int = 0
     seed: int = 0
+    head_init: str = "solve"
 
     def __post_init__(self) -> None:
         _check_choice("bn_mode", self.bn_mode, BN_MODES)
@@ -76,6 +82,7 @@ class Strategy:
         _check_choice("imbalance", self.imbalance, IMBALANCE_REMEDIES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("head_init", self.head_init, HEAD_INITS)
         if self.image_size < 8:
             raise StrategyError(f"image_size must be >= 8, got {self.image_size}")
         if self.unfreeze_blocks < ALL_BLOCKS:
@@ -143,7 +150,8 @@ class Strategy:
             )
         return (
             f"{self.backbone} at {self.image_size}px ({self.weights} weights): "
-            f"train the head {self.head_epochs} epochs at LR {self.head_lr:.2g}, {tune}; "
+            f"train the head {self.head_epochs} epochs at LR {self.head_lr:.2g}"
+            f"{' from a converged linear solve' if self.head_init == 'solve' else ''}, {tune}; "
             f"BatchNorm {self.bn_mode}, augmentation {self.augmentation}, "
             f"imbalance remedy {self.imbalance}, batch {self.batch_size}"
         )

@@ -378,6 +378,7 @@ class _Engine:
         self.history: list[dict[str, Any]] = []
         self.best: tuple[float, int, list[np.ndarray]] | None = None
         self.plateau_factor = 1.0
+        self.head_solve: dict[str, Any] | None = None
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -502,6 +503,7 @@ class _Engine:
             if resume.get("best_step") is not None:
                 self.best = (resume["best_value"], resume["best_step"], resume["best_weights"])
         resumed_from = global_step
+        last_step = sum(phase.epochs for phase in phases)
         y_train_onehot = np.eye(self.n_classes, dtype=np.float32)[self.y_train]
         for phase_index in range(start_phase, len(phases)):
             phase = phases[phase_index]
@@ -571,7 +573,8 @@ class _Engine:
                         self.plateau_factor *= 0.5
                 self._checkpoint(global_step, phase_index, epoch, opt_b, opt_h)
                 self.reporter.report(value, global_step)
-                if self.reporter.should_stop():
+                # After its last epoch a trial is complete: nothing is left to prune.
+                if global_step < last_step and self.reporter.should_stop():
                     raise TrialPruned(f"pruned at step {global_step}")
                 if s.early_stopping_patience and patience_left <= 0:
                     self.notes.append(f"early stop in phase {phase.name} at step {global_step}")
@@ -605,6 +608,7 @@ class _Engine:
                                                                             self.strategy),
             cached=self.cached, cache=dict(self.cache_counts), val_probabilities=probs,
             resumed_from_step=resumed_from, notes=tuple(self.notes), model=deploy,
+            extra={"head_solve": self.head_solve} if self.head_solve else {},
         )
 
     # -- checkpoints --------------------------------------------------------------------
@@ -629,6 +633,48 @@ class _Engine:
     def _assign_mutable(self, values: list[np.ndarray]) -> None:
         for variable, value in zip(self._mutable_variables(), values, strict=True):
             variable.assign(value)
+        self.tm.head.get_layer("head_norm").finalize_state()  # its constants follow
+
+    # -- the head's starting point -----------------------------------------------------
+
+    def _pooled(self, part: str) -> np.ndarray:
+        """Pooled frozen backbone outputs of the clean training (or validation) images."""
+        if self.cached and self.tm.suffix is None:  # head-only: the prefix is the output
+            maps = self.inputs["prefix"][0][0] if part == "train" else self.val_features
+        elif self.warmup_on_outputs:
+            maps = self.inputs["outputs"][0][0] if part == "train" else \
+                self.inputs["outputs"][1]
+        else:  # looked up outside the trial's own cache counts: shared by every trial
+            maps, _ = frozen_features(self.tm, self.data, self.feature_cache, part, "clean",
+                                      exact=part == "val", extractor=self.tm.output_extractor(),
+                                      cut="<output>")
+        return np.asarray(maps, dtype=np.float32).mean(axis=(1, 2))
+
+    def init_head(self) -> None:
+        """Start the head from the solve of `tlsearch.head` (`head_init: solve`)."""
+        from tlsearch.head import solve_linear_head
+
+        s = self.strategy
+        if s.head_init != "solve":
+            return
+        t0 = time.perf_counter()
+        solved = solve_linear_head(
+            self._pooled("train"), self.y_train, self._pooled("val"), self.y_val,
+            self.n_classes, balanced=s.imbalance != "none", metric=self.metric)
+        norm = self.tm.head.get_layer("head_norm")
+        norm.adapt_mean.assign(solved.mean)
+        norm.adapt_variance.assign(solved.variance)
+        norm.finalize_state()
+        if not s.head_hidden_units:
+            self.tm.head.get_layer("head_logits").set_weights([solved.kernel, solved.bias])
+        self.timings["head_solve"] = time.perf_counter() - t0
+        self.head_solve = {"C": solved.C, "val_score": solved.val_score,
+                           "linear": not s.head_hidden_units}
+        if not s.head_hidden_units:
+            # The solve itself is a candidate: SGD epochs replace it only if they win.
+            probs = self.predict_val(self._mode(0))
+            value = compute_metrics(self.y_val, probs, self.data.classes)[self.metric]
+            self.best = (value, 0, self._mutable_values())
 
     def _checkpoint(self, step: int, phase_index: int, epoch: int, opt_b: Any, opt_h: Any) -> None:
         if self.checkpoint_dir is None:
@@ -779,6 +825,7 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
         engine = _Engine(strategy, data, reporter, checkpoint_dir, metric, feature_cache,
                          nan_at_step, reuse_backbone)
         engine.prepare_inputs()
+        engine.init_head()
         if resume is not None:
             if len(engine._mutable_variables()) != resume.get("n_weights"):
                 resume = None

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from tlsearch.head import C_GRID as HEAD_C_GRID
+
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "GALLERY_LIMIT",
@@ -439,6 +441,51 @@ def _phase_plan(s: dict[str, Any], n_blocks: int) -> list[tuple[int, int]]:
     return [(p.blocks, p.epochs) for p in _phases(Strategy.from_dict(s), n_blocks)]
 
 
+def _solve_snippet(s: dict[str, Any]) -> str:
+    """The head's starting point in the standalone script (`tlsearch.head`)."""
+    if s.get("head_init", "solve") != "solve":
+        return ("# head_init: random: Keras's own initialisation; the Normalization layer "
+                "stays the identity.\n")
+    balanced = s["imbalance"] != "none"
+    code = '''
+# The head starts from a converged linear solve (tlsearch's head_init: solve): the
+# Normalization layer takes the training features' mean and variance, and the
+# classifier is scikit-learn's LogisticRegression on them, C chosen on validation.
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.utils.class_weight import compute_sample_weight
+
+_pool = layers.GlobalAveragePooling2D()
+
+
+def pooled(ds):
+    feats, ys = [], []
+    for x, y in ds:
+        for layer in preprocess:
+            x = layer(x)
+        feats.append(_pool(base(x, training=False)).numpy())
+        ys.append(y.numpy().argmax(1))
+    return np.concatenate(feats), np.concatenate(ys)
+
+
+f_train, yt = pooled(train_ds)
+f_val, yv = pooled(val_ds)
+head.layers[1].adapt(f_train)
+'''
+    if s.get("head_hidden_units"):
+        return code
+    return code + f'''z_train, z_val = head.layers[1](f_train).numpy(), head.layers[1](f_val).numpy()
+weights = {"compute_sample_weight('balanced', yt)" if balanced else "None"}
+fits = [LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(z_train, yt, sample_weight=weights)
+        for c in {HEAD_C_GRID!r}]
+lr = max(fits, key=lambda m: balanced_accuracy_score(yv, m.predict(z_val)))
+kernel, bias = lr.coef_.T, lr.intercept_
+if kernel.shape[1] == 1:  # two classes: scikit-learn keeps one row
+    kernel, bias = np.concatenate([-kernel, kernel], 1) / 2, np.array([-bias[0], bias[0]]) / 2
+head.layers[-1].set_weights([kernel.astype("float32"), bias.astype("float32")])
+'''
+
+
 def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: float,
                   trial: int | None = None, study: str = "") -> str:
     """A standalone Keras script that trains the strategy's recipe.
@@ -503,7 +550,8 @@ def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: 
                    "                              seed=SEED + 6)]"),
     }[s["augmentation"]]
     reg = f"keras.regularizers.L2({s['head_l2']!r})" if s.get("head_l2") else "None"
-    head = ["head = keras.Sequential([\n    layers.GlobalAveragePooling2D()"]
+    head = ["head = keras.Sequential([\n    layers.GlobalAveragePooling2D()",
+            "layers.Normalization(axis=-1)"]
     if s.get("head_dropout"):
         head.append(f"layers.Dropout({s['head_dropout']!r}, seed=SEED)")
     if s.get("head_hidden_units"):
@@ -582,7 +630,7 @@ y_train = np.concatenate([y.numpy().argmax(1) for _, y in train_ds])
 {augment}
 {head_code}
 head.build(base.output.shape)
-
+{_solve_snippet(s)}
 {starts}
 
 
@@ -656,7 +704,9 @@ def balanced_accuracy():
 
 
 best_score, best_weights, plateau = -1.0, None, 1.0
-for blocks, epochs in PHASES:
+{"best_score = balanced_accuracy()  # the solve is a candidate: SGD replaces it only if it wins"
+ + chr(10) + "best_weights = [w.numpy() for w in base.weights + head.weights]" + chr(10)
+ if s.get("head_init", "solve") == "solve" and not s.get("head_hidden_units") else ""}for blocks, epochs in PHASES:
     set_unfrozen(blocks)
     # Two learning rates: the backbone's is lower, so fine-tuning nudges pretrained features.
     opt_backbone, opt_head = make_optimizer(BACKBONE_LR), make_optimizer(HEAD_LR)

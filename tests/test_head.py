@@ -1,0 +1,100 @@
+"""The head's starting point: a standardized, converged linear solve that never loses
+to scikit-learn's StandardScaler + LogisticRegression on the same frozen features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tlsearch import backbones as B
+from tlsearch.head import solve_linear_head
+from tlsearch.strategy import Strategy
+from tlsearch.train import run_trial
+
+
+def tiny_scaled_cnn(include_top=False, weights=None, input_shape=(32, 32, 3)):
+    """tiny_cnn whose features are 1e-4 of their size: what trips an unscaled head."""
+    import keras
+
+    base = B.tiny_cnn(input_shape=input_shape, weights=weights)
+    scaled = keras.layers.Rescaling(1e-4, name="block3_scale")(base.output)
+    return keras.Model(base.input, scaled, name="tiny_scaled")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_scaled_spec():
+    spec = B.BackboneSpec("tiny_scaled", "tests.test_head.tiny_scaled_cnn", "tf", 32, 16,
+                          19_768, 0.001, 3, r"^(block\d+)_", None, test_only=True)
+    B.register(spec, replace=True)
+    yield spec
+
+
+def _head_only(**kw) -> Strategy:
+    base = dict(backbone="tiny_scaled", image_size=32, weights="none", head_epochs=2,
+                head_lr=1e-3, batch_size=16, head_dropout=0.0, seed=1)
+    base.update(kw)
+    return Strategy(**base)
+
+
+def _sklearn_probe(trial_data) -> float:
+    """StandardScaler + LogisticRegression on the same pooled frozen features."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    backbone = B.build_backbone(B.get_spec("tiny_scaled"), 32, "none", seed=1)
+    pooled = keras.Sequential([keras.layers.Rescaling(1 / 127.5, -1), backbone,
+                               keras.layers.GlobalAveragePooling2D()])
+    x_train = pooled.predict(trial_data.images("train", 32).astype("float32"), verbose=0)
+    x_val = pooled.predict(trial_data.images("val", 32).astype("float32"), verbose=0)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    probe.fit(x_train, trial_data.labels("train"))
+    return balanced_accuracy_score(trial_data.labels("val"), probe.predict(x_val)), x_train
+
+
+def test_the_solve_never_loses_to_the_sklearn_probe_where_the_old_head_fails(trial_data):
+    probe, x_train = _sklearn_probe(trial_data)
+    assert np.abs(x_train).mean() < 1e-3  # the features really are tiny
+    solved = run_trial(_head_only(), trial_data)
+    old = run_trial(_head_only(head_init="random"), trial_data)
+    assert solved.objective >= probe - 1e-9, (solved.objective, probe)
+    assert old.objective < probe - 0.2, (old.objective, probe)  # what issue #24 measured
+    assert solved.extra["head_solve"]["C"] in (0.01, 0.1, 1.0, 10.0)
+
+
+def test_fine_tuning_starts_from_the_solve_and_keeps_it_unless_sgd_wins(trial_data):
+    probe, _ = _sklearn_probe(trial_data)
+    result = run_trial(_head_only(unfreeze_blocks=1, finetune_epochs=1, head_lr=5.0,
+                                  optimizer="sgd"), trial_data)
+    # An absurd head LR wrecks every SGD epoch: the trial keeps its step-0 solve.
+    assert result.objective >= probe - 1e-9
+    assert result.metrics["best_step"] in (0, 1, 2, 3)
+
+
+def test_exported_probabilities_equal_the_engine_s(trial_data, tmp_path):
+    import keras
+
+    result = run_trial(_head_only(), trial_data)
+    path = tmp_path / "m.keras"
+    result.model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    images = trial_data.images("val", 32).astype("float32")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), result.val_probabilities,
+                               atol=1e-5)
+    norm = loaded.get_layer("head").get_layer("head_norm")
+    assert float(np.asarray(norm.variance).max()) < 1e-6  # tiny features' own statistics
+
+
+def test_solve_is_balanced_when_asked_and_cached():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (90, 4)), rng.normal(0.6, 1, (10, 4))])
+    y = np.array([0] * 90 + [1] * 10)
+    plain = solve_linear_head(x, y, x, y, 2, balanced=False)
+    balanced = solve_linear_head(x, y, x, y, 2, balanced=True)
+    assert balanced.val_score >= plain.val_score
+    assert solve_linear_head(x, y, x, y, 2, balanced=True) is balanced  # cached
+    # A class missing from training gets a bias that keeps it out of every prediction.
+    three = solve_linear_head(x, y, x, y, 3, balanced=False)
+    assert three.kernel.shape == (4, 3) and three.bias[2] < -10
