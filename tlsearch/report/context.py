@@ -474,7 +474,8 @@ head.layers[1].adapt(f_train)
 '''
     if s.get("head_hidden_units"):
         return code
-    return code + f'''z_train, z_val = head.layers[1](f_train).numpy(), head.layers[1](f_val).numpy()
+    return code + f'''z_train = head.layers[1](f_train).numpy()
+z_val = head.layers[1](f_val).numpy()
 weights = {"compute_sample_weight('balanced', yt)" if balanced else "None"}
 fits = [LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(z_train, yt, sample_weight=weights)
         for c in {HEAD_C_GRID!r}]
@@ -692,6 +693,10 @@ def epoch_data():
     return train_ds.shuffle(64, seed=SEED)
 '''
     sample_weight = ("tf.gather(class_weights, tf.argmax(y, 1))" if weighted else "None")
+    start_best = ""
+    if s.get("head_init", "solve") == "solve" and not s.get("head_hidden_units"):
+        start_best = ("best_score = balanced_accuracy()  # the solve: SGD must beat it\n"
+                      "best_weights = [w.numpy() for w in base.weights + head.weights]\n")
     lines += f'''
 
 def balanced_accuracy():
@@ -704,9 +709,7 @@ def balanced_accuracy():
 
 
 best_score, best_weights, plateau = -1.0, None, 1.0
-{"best_score = balanced_accuracy()  # the solve is a candidate: SGD replaces it only if it wins"
- + chr(10) + "best_weights = [w.numpy() for w in base.weights + head.weights]" + chr(10)
- if s.get("head_init", "solve") == "solve" and not s.get("head_hidden_units") else ""}for blocks, epochs in PHASES:
+{start_best}for blocks, epochs in PHASES:
     set_unfrozen(blocks)
     # Two learning rates: the backbone's is lower, so fine-tuning nudges pretrained features.
     opt_backbone, opt_head = make_optimizer(BACKBONE_LR), make_optimizer(HEAD_LR)
