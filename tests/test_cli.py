@@ -148,3 +148,13 @@ def test_a_storage_error_hides_the_password(tmp_path):
     with pytest.raises(study.SearchError) as err:
         study.make_storage("postgresql://user:s3cret@127.0.0.1:1/db", tmp_path)
     assert "s3cret" not in str(err.value) and "cannot open storage" in str(err.value)
+
+
+def test_version_and_the_studies_folder_flag_everywhere(tmp_path):
+    from tlsearch import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"tlsearch {__version__}"
+    for command in ("search", "resume", "status", "report", "export"):
+        text = CliRunner().invoke(app, [command, "--help"]).output
+        assert "--studies" in text, command

@@ -29,6 +29,23 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from tlsearch import __version__
+
+        console.print(f"tlsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Find which pretrained backbone to fine-tune on your images, and exactly how."""
+
 DataDir = Annotated[
     Path,
     typer.Argument(help="Image folder: DATA_DIR/<class>/<image> or "
@@ -261,7 +278,7 @@ def search(
     cache_dir: Annotated[Path | None, typer.Option(
         file_okay=False,
         help="Decode and frozen-prefix cache (default ~/.cache/tlsearch).")] = None,
-    out: Annotated[Path, typer.Option(file_okay=False,
+    out: Annotated[Path, typer.Option("--out", "--studies", file_okay=False,
                                       help="Folder that holds study folders.")] = Path("studies"),
     pruner: Annotated[Pruner, typer.Option(help="Multi-fidelity pruner.")] = Pruner.hyperband,
     val_fraction: Annotated[float, typer.Option(min=0.05, max=0.9,
@@ -325,7 +342,8 @@ def search(
 @app.command()
 def resume(
     study: Annotated[str, typer.Argument(help="Name of the study to continue.")],
-    out: Annotated[Path, typer.Option(help="Folder that holds study folders.")] = Path("studies"),
+    out: Annotated[Path, typer.Option("--out", "--studies",
+                                      help="Folder that holds study folders.")] = Path("studies"),
     trials: Annotated[int | None, typer.Option(min=1, help="New total of finished trials.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     isolate: Annotated[bool, typer.Option(
@@ -366,15 +384,26 @@ def _score_holdout(config):
         return score_holdout(open_study(config, create=False))
 
 
-def _quiet_libraries() -> None:
-    """Keep TensorFlow/Optuna chatter out of the progress display."""
-    import logging
-    import os
+def _quiet_warnings() -> None:
+    """Library warnings that say nothing to a user of this tool."""
     import warnings
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", message=r".*experimental feature.*")
+    warnings.filterwarnings("ignore", message=r"Argument ``\w+`` is an experimental")
+    # keras.applications pass `input_shape` to their Input layers themselves.
+    warnings.filterwarnings("ignore", message=r"Do not pass an `input_shape`")
     warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't match")
+
+
+def _quiet_libraries() -> None:
+    """Keep TensorFlow/Optuna chatter out of the progress display: TensorFlow is
+    imported here, with its C++ start-up lines filtered (`native.import_tensorflow_quietly`)."""
+    import logging
+
+    from tlsearch.native import import_tensorflow_quietly
+
+    _quiet_warnings()
+    import_tensorflow_quietly()
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -415,7 +444,8 @@ def _run(config, workers: int = 1, *, isolate: bool = True) -> None:
 @app.command()
 def status(
     study: Annotated[str, typer.Argument(help="Study name.")],
-    out: Annotated[Path, typer.Option(help="Folder that holds study folders.")] = Path("studies"),
+    out: Annotated[Path, typer.Option("--out", "--studies",
+                                      help="Folder that holds study folders.")] = Path("studies"),
     top: Annotated[int, typer.Option(min=1, help="Leaderboard length.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
@@ -424,6 +454,8 @@ def status(
 
     from tlsearch.progress import render_status
     from tlsearch.study import load_config, open_study, study_summary
+
+    _quiet_warnings()
 
     with one_line_errors():
         config = dataclasses.replace(load_config(out / study), out=str(out))

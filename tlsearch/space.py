@@ -63,8 +63,15 @@ CONDITIONAL_PARAMS = ("gradual", "bn_mode", "backbone_lr_ratio", "finetune_epoch
 #: Smallest image size a space may ask for (the Keras applications refuse less).
 MIN_IMAGE_SIZE = 32
 
-#: Where the bundled spaces live (the repository's top-level `search_spaces/`).
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+def _spaces_dir() -> Path:
+    """The bundled spaces: the checkout's top-level `search_spaces/`, which an installed
+    wheel carries as the `tlsearch.search_spaces` package data."""
+    checkout = Path(__file__).resolve().parent.parent / "search_spaces"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "search_spaces"
+
+
+#: Where the bundled spaces live.
+SPACES_DIR = _spaces_dir()
 
 # Strategy requires backbone_lr > 0 even when nothing is unfrozen; the value is unused then.
 _PLACEHOLDER_LR_RATIO = 0.1

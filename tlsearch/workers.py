@@ -52,6 +52,9 @@ def _worker_main(config_json: str, worker: int, threads: int, events: Any,
     warnings.filterwarnings("ignore")
 
     from tlsearch.errors import expected_errors, one_line
+    from tlsearch.native import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from tlsearch.study import run_search
 
     def send(kind: str, info: dict[str, Any]) -> None:
