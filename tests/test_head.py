@@ -84,7 +84,23 @@ def test_exported_probabilities_equal_the_engine_s(trial_data, tmp_path):
     np.testing.assert_allclose(loaded.predict(images, verbose=0), result.val_probabilities,
                                atol=1e-5)
     norm = loaded.get_layer("head").get_layer("head_norm")
-    assert float(np.asarray(norm.variance).max()) < 1e-6  # tiny features' own statistics
+    variance = np.asarray(norm.moving_variance)
+    assert 0 < float(variance.max()) < 1e-6  # tiny features' own statistics
+
+
+def test_features_of_any_scale_are_standardized(trial_data):
+    """Random-init EfficientNet-Lite features are ~1e-12: standardized, they still carry
+    what a logistic regression needs (a 1e-7 floor on the deviation would erase them)."""
+    from tlsearch.head import standard_scale
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (200, 3)) * 1e-12
+    assert np.allclose(standard_scale(x, x.mean(0)), x.std(0))
+    constant = np.full((50, 2), 6.0)
+    assert (standard_scale(constant, constant.mean(0)) == 1.0).all()  # centred only
+    y = (x[:, 0] > 0).astype(int)
+    head = solve_linear_head(x, y, x, y, 2, balanced=False)
+    assert head.val_score > 0.95
 
 
 def test_solve_is_balanced_when_asked_and_cached():

@@ -121,7 +121,7 @@ class FeatureCache:
             if self._paths(key)[0].exists():
                 self.stats.recomputed_corrupt += 1
             self.stats.misses += 1
-            self._write(key, np.asarray(compute(), dtype=dtype), meta or {})
+            self._write(key, _storable(np.asarray(compute()), dtype), meta or {})
         result = self.load(key)
         if result is None:  # pragma: no cover - only if the disk lies to us
             raise OSError(f"feature cache entry {key} could not be read back after writing")
@@ -146,3 +146,14 @@ class FeatureCache:
             _fsync_dir(self.root)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _storable(array: np.ndarray, dtype: Any) -> np.ndarray:
+    """`array` as `dtype`, unless float16 would lose it: activations of a random-init
+    backbone can be 1e-12 in size (float16 flushes them to zero) and others overflow
+    65504. Those entries stay float32."""
+    if np.dtype(dtype) == np.float16 and array.size:
+        peak = float(np.max(np.abs(array)))
+        if not np.isfinite(peak) or peak > 6e4 or (0 < peak < 1e-2):
+            return array.astype(np.float32)
+    return array.astype(dtype)

@@ -4,8 +4,8 @@ Pooled features of a pretrained network can have any scale and spread (mean |f| 
 0.07 with very uneven dimensions is common): a Dense head trained a few epochs with
 Adam fits them badly, and every fine-tuning trial would start from that half-fitted
 head. So each trial's head starts from a solve instead (LP-FT, Kumar et al., ICLR
-2022): the head's `Normalization` layer takes the mean and variance of the training
-features, and its classifier is scikit-learn's multinomial `LogisticRegression`
+2022): the head's standardization layer takes the mean and variance of the training
+features (any scale: see `standard_scale`), and its classifier is scikit-learn's multinomial `LogisticRegression`
 (L-BFGS, to convergence, class-balanced sample weights where the strategy fights
 imbalance) on the standardized features, with the regularisation strength chosen on
 validation from a small grid. Only training and validation images are used.
@@ -33,11 +33,23 @@ class LinearHead:
     """Standardization and a linear classifier, in the head's own layout."""
 
     mean: np.ndarray  # (d,)
-    variance: np.ndarray  # (d,)
+    variance: np.ndarray  # (d,), the square of `standard_scale`
     kernel: np.ndarray  # (d, k), on standardized features
     bias: np.ndarray  # (k,)
     C: float
     val_score: float  # the chosen C's validation score under `metric`
+
+
+def standard_scale(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Per-feature standard deviation to divide by, at any scale of the features.
+
+    A feature that does not vary (relative to its size, or below 1e-18, where float32
+    variances underflow) is divided by 1: only centred, so that rounding noise is never
+    blown up into signal.
+    """
+    std = x.std(axis=0)
+    varies = (std > 1e-6 * np.abs(mean)) & (std > 1e-18)
+    return np.where(varies, std, 1.0)
 
 
 def _score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
@@ -76,9 +88,9 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
         _CACHE.move_to_end(key)
         return _CACHE[key]
     mean = train.mean(axis=0)
-    variance = train.var(axis=0)
-    scale = np.maximum(np.sqrt(variance), 1e-7)  # what keras.layers.Normalization divides by
+    scale = standard_scale(train, mean)
     xt, xv = (train - mean) / scale, (val - mean) / scale
+    variance = scale**2
     weights = compute_sample_weight("balanced", y_train) if balanced else None
     best: tuple[float, float, LogisticRegression] | None = None
     for c in C_GRID:

@@ -295,6 +295,9 @@ class TransferModel:
         return x
 
 
+#: The head's standardization adds this to each variance (see `tlsearch.head`).
+HEAD_NORM_EPSILON = 1e-37
+
 def _build_head(feature_shape: tuple[int, ...], num_classes: int, strategy: Strategy) -> Any:
     import keras
     from keras import layers, regularizers
@@ -302,9 +305,13 @@ def _build_head(feature_shape: tuple[int, ...], num_classes: int, strategy: Stra
     reg = regularizers.L2(strategy.head_l2) if strategy.head_l2 > 0 else None
     inputs = keras.Input(feature_shape, name="features")
     x = layers.GlobalAveragePooling2D(name="head_pool")(inputs)
-    # Identity until the engine sets it from the training features (tlsearch.head);
-    # saved with the model, so exports standardize exactly as training did.
-    x = layers.Normalization(axis=-1, name="head_norm")(x)
+    # Fixed standardization, identity until the engine sets it from the training
+    # features (tlsearch.head); saved with the model, so exports standardize exactly as
+    # training did. A non-trainable BatchNormalization is Keras's fixed per-feature
+    # affine map whose epsilon can be ~0: features of a random-init backbone can be 1e-12
+    # in size, far below `Normalization`'s 1e-7 floor on the standard deviation.
+    x = layers.BatchNormalization(epsilon=HEAD_NORM_EPSILON, center=False, scale=False,
+                                  trainable=False, name="head_norm")(x)
     if strategy.head_dropout > 0:
         x = layers.Dropout(strategy.head_dropout, seed=strategy.seed, name="head_dropout")(x)
     if strategy.head_hidden_units:

@@ -633,7 +633,6 @@ class _Engine:
     def _assign_mutable(self, values: list[np.ndarray]) -> None:
         for variable, value in zip(self._mutable_variables(), values, strict=True):
             variable.assign(value)
-        self.tm.head.get_layer("head_norm").finalize_state()  # its constants follow
 
     # -- the head's starting point -----------------------------------------------------
 
@@ -661,10 +660,7 @@ class _Engine:
         solved = solve_linear_head(
             self._pooled("train"), self.y_train, self._pooled("val"), self.y_val,
             self.n_classes, balanced=s.imbalance != "none", metric=self.metric)
-        norm = self.tm.head.get_layer("head_norm")
-        norm.adapt_mean.assign(solved.mean)
-        norm.adapt_variance.assign(solved.variance)
-        norm.finalize_state()
+        self.tm.head.get_layer("head_norm").set_weights([solved.mean, solved.variance])
         if not s.head_hidden_units:
             self.tm.head.get_layer("head_logits").set_weights([solved.kernel, solved.bias])
         self.timings["head_solve"] = time.perf_counter() - t0

@@ -444,12 +444,12 @@ def _phase_plan(s: dict[str, Any], n_blocks: int) -> list[tuple[int, int]]:
 def _solve_snippet(s: dict[str, Any]) -> str:
     """The head's starting point in the standalone script (`tlsearch.head`)."""
     if s.get("head_init", "solve") != "solve":
-        return ("# head_init: random: Keras's own initialisation; the Normalization layer "
-                "stays the identity.\n")
+        return ("# head_init: random: Keras's own initialisation; the standardization "
+                "layer stays the identity.\n")
     balanced = s["imbalance"] != "none"
     code = '''
 # The head starts from a converged linear solve (tlsearch's head_init: solve): the
-# Normalization layer takes the training features' mean and variance, and the
+# standardization layer takes the training features' mean and variance, and the
 # classifier is scikit-learn's LogisticRegression on them, C chosen on validation.
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
@@ -470,7 +470,9 @@ def pooled(ds):
 
 f_train, yt = pooled(train_ds)
 f_val, yv = pooled(val_ds)
-head.layers[1].adapt(f_train)
+mean, std = f_train.mean(0), f_train.std(0)
+std = np.where((std > 1e-6 * np.abs(mean)) & (std > 1e-18), std, 1.0)  # any scale
+head.layers[1].set_weights([mean, std**2])
 '''
     if s.get("head_hidden_units"):
         return code
@@ -552,7 +554,8 @@ def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: 
     }[s["augmentation"]]
     reg = f"keras.regularizers.L2({s['head_l2']!r})" if s.get("head_l2") else "None"
     head = ["head = keras.Sequential([\n    layers.GlobalAveragePooling2D()",
-            "layers.Normalization(axis=-1)"]
+            "layers.BatchNormalization(epsilon=1e-37, center=False, scale=False,\n"
+            "                              trainable=False)"]
     if s.get("head_dropout"):
         head.append(f"layers.Dropout({s['head_dropout']!r}, seed=SEED)")
     if s.get("head_hidden_units"):
