@@ -5,8 +5,8 @@ Pooled features of a pretrained network can have any scale and spread (mean |f| 
 Adam fits them badly, and every fine-tuning trial would start from that half-fitted
 head. So each trial's head starts from a solve instead (LP-FT, Kumar et al., ICLR
 2022): the head's standardization layer takes the mean and variance of the training
-features (any scale: see `standard_scale`), and its classifier is scikit-learn's multinomial `LogisticRegression`
-(L-BFGS, to convergence, class-balanced sample weights where the strategy fights
+features (any scale: see `standard_scale`), and its classifier is scikit-learn's
+multinomial `LogisticRegression` (L-BFGS, to convergence, class-balanced sample weights where the strategy fights
 imbalance) on the standardized features, with the regularisation strength chosen on
 validation from a small grid. Only training and validation images are used.
 """
