@@ -6,9 +6,9 @@ Adam fits them badly, and every fine-tuning trial would start from that half-fit
 head. So each trial's head starts from a solve instead (LP-FT, Kumar et al., ICLR
 2022): the head's standardization layer takes the mean and variance of the training
 features (any scale: see `standard_scale`), and its classifier is scikit-learn's
-multinomial `LogisticRegression` (L-BFGS, to convergence, class-balanced sample weights where the strategy fights
-imbalance) on the standardized features, with the regularisation strength chosen on
-validation from a small grid. Only training and validation images are used.
+multinomial `LogisticRegression` (L-BFGS, to convergence, class-balanced sample
+weights where the strategy fights imbalance) on the standardized features, with the
+regularisation strength chosen on validation from a small grid. Only training and validation images are used.
 """
 
 from __future__ import annotations
