@@ -8,7 +8,8 @@ head. So each trial's head starts from a solve instead (LP-FT, Kumar et al., ICL
 features (any scale: see `standard_scale`), and its classifier is scikit-learn's
 multinomial `LogisticRegression` (L-BFGS, to convergence, class-balanced sample
 weights where the strategy fights imbalance) on the standardized features, with the
-regularisation strength chosen on validation from a small grid. Only training and validation images are used.
+regularisation strength chosen on validation from a small grid. Only training and
+validation images are used.
 """
 
 from __future__ import annotations
