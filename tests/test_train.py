@@ -200,3 +200,14 @@ def test_full_finetune_warms_the_head_up_on_cached_outputs(trial_data, tmp_path)
     assert len(result.history) == 3 and result.history[-1]["phase"] == "finetune"
     adapt = run_trial(full.replace(bn_mode="adapt"), trial_data, feature_cache=cache)
     assert adapt.cache == {"hits": 0, "misses": 0}  # batch statistics: nothing cacheable
+
+
+def test_tiny_activations_are_cached_without_loss(tmp_path):
+    """float16 would flush 1e-12 activations (a random-init backbone's) to zero."""
+    cache = FeatureCache(tmp_path / "fc")
+    tiny = np.random.default_rng(0).normal(0, 1, (8, 4)).astype(np.float32) * 1e-12
+    stored, hit = cache.get_or_compute("k" * 32, lambda: tiny, dtype=np.float16)
+    assert not hit and stored.dtype == np.float32
+    np.testing.assert_array_equal(stored, tiny)
+    normal, _ = cache.get_or_compute("n" * 32, lambda: tiny * 1e12, dtype=np.float16)
+    assert normal.dtype == np.float16

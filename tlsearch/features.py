@@ -25,9 +25,14 @@ import numpy as np
 __all__ = ["CacheStats", "FeatureCache", "feature_key"]
 
 
+#: Part of every key: bumped when what an entry holds changes, so entries written by
+#: an older tlsearch are never reused (2: float16 no longer flushes tiny activations).
+FORMAT_VERSION = 2
+
+
 def feature_key(**parts: Any) -> str:
     """Stable key for an entry from named parts (order-independent)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    blob = json.dumps(dict(parts, format=FORMAT_VERSION), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
