@@ -85,7 +85,7 @@ def test_run_one_in_a_fresh_process(tmp_path):
 
 def test_smoke_run_produces_every_figure(tmp_path):
     out = tmp_path / "RESULTS.md"
-    rc = peers.main(["--smoke", "--per-class", "8", "--budget-min", "0.12", "--seeds", "0",
+    rc = peers.main(["--smoke", "--per-class", "8", "--budget-min", "0.2", "--seeds", "0",
                      "--datasets", "digits", "--frozen-trials", "1", "--in-process",
                      "--results", str(out)])
     assert rc == 0
