@@ -40,7 +40,8 @@ def test_every_trial_diverging_stops_with_a_clear_message(tmp_path, figures, mon
     result = CliRunner().invoke(app, [
         "search", str(tmp_path / "data"), "--space", str(tmp_path / "tiny.yaml"),
         "--study", "all", "--out", str(studies), "--weights", "none", "--cache-dir",
-        str(tmp_path / "cache"), "--pruner", "none", "--no-baselines", "--trials", "20"])
+        str(tmp_path / "cache"), "--pruner", "none", "--no-baselines", "--trials", "20",
+        "--no-isolate"])  # in this process, where the patched run_search is
     trials = open_study(SearchConfig(data_dir=str(tmp_path / "data"), study="all",
                                      space=str(tmp_path / "tiny.yaml"), out=str(studies)),
                         create=False).study.get_trials()
