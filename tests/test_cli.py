@@ -74,6 +74,8 @@ def test_backbones_lists_registry():
     r = CliRunner().invoke(app, ["backbones"])
     assert r.exit_code == 0
     assert "mobilenet_v3_small" in r.output and "tiny_cnn" not in r.output
+    lite = next(line for line in r.output.splitlines() if "efficientnet_lite0" in line)
+    assert "offline" in lite  # ImageNet weights from its installed package
     r = CliRunner().invoke(app, ["backbones", "--include-test"])
     assert "tiny_cnn" in r.output
 
