@@ -160,3 +160,26 @@ def test_version_and_the_studies_folder_flag_everywhere(tmp_path):
     for command in ("search", "resume", "status", "report", "export"):
         text = CliRunner().invoke(app, [command, "--help"]).output
         assert "--studies" in text, command
+
+
+def test_test_fraction_flag_gives_a_held_out_score_everywhere(tmp_path):
+    from tests.conftest import write_colour_dataset
+    from tests.test_study import TINY_SPACE
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1))
+    studies = ["--studies", str(tmp_path / "studies")]
+    result = CliRunner().invoke(app, [
+        "search", str(data), "--space", str(space), "--study", "tf", "--trials", "2",
+        "--weights", "none", "--cache-dir", str(tmp_path / "cache"), "--no-baselines",
+        "--test-fraction", "0.25", *studies])
+    assert result.exit_code == 0, result.output
+    assert "held-out test balanced_accuracy" in result.output.replace("\n", " ")
+    status = json.loads(CliRunner().invoke(app, ["status", "tf", "--json", *studies]).stdout)
+    assert status["test"]["n_test"] == 12  # a quarter of each class of 16
+    best = str(status["best"]["number"])
+    assert set(status["test"]["scores"][best]) >= {"value", "low", "high", "metrics"}
+    result = CliRunner().invoke(app, ["export", "tf", "--out", str(tmp_path / "x"), *studies])
+    assert result.exit_code == 0, result.output
+    assert "Held-out test (12 images" in (tmp_path / "x" / "MODEL_CARD.md").read_text()

@@ -142,8 +142,9 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "path": str(out),
     }
-    scored = ((handle.study.user_attrs.get("holdout") or {}).get("scores") or {}).get(
-        str(chosen.number))
+    from tlsearch.holdout import HOLDOUT_ATTR, score_of
+
+    scored = score_of(handle.study.user_attrs.get(HOLDOUT_ATTR), chosen.number)
     if scored and retrain == "none":  # a retrained model is another model: not scored
         summary["test"] = {k: scored[k] for k in ("value", "low", "high", "metrics")}
         summary["n_test"] = handle.study.user_attrs["holdout"]["n_test"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HOLDOUT_ATTR", "holdout_scores", "score_holdout"]
+__all__ = ["HOLDOUT_ATTR", "holdout_scores", "score_holdout", "score_of"]
 
 #: Study user attribute holding the scores: {"n_test", "metric", "scores": {trial: {...}}}.
 HOLDOUT_ATTR = "holdout"
@@ -25,6 +25,11 @@ HOLDOUT_ATTR = "holdout"
 def holdout_scores(handle: Any) -> dict[str, Any]:
     """What `score_holdout` stored (empty when the study has no test split)."""
     return dict(handle.study.user_attrs.get(HOLDOUT_ATTR) or {})
+
+
+def score_of(record: dict[str, Any] | None, number: int) -> dict[str, Any] | None:
+    """One trial's stored test score (value, low, high, metrics, baseline), or None."""
+    return ((record or {}).get("scores") or {}).get(str(number))
 
 
 def _predict(model_path: Path, paths: list[Path], size: int) -> np.ndarray:

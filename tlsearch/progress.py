@@ -114,7 +114,9 @@ class SearchProgress:
                 f", accuracy {metrics.get('accuracy', 0):.3f}):")
         c.print(f"  {escape(strategy.describe())}")
         c.print(f"  weights used: {escape(strategy.weights)}")
-        test = ((holdout or {}).get("scores") or {}).get(str(best["number"]))
+        from tlsearch.holdout import score_of
+
+        test = score_of(holdout, best["number"])
         if test:
             c.print(f"  [bold]held-out test {holdout['metric']}: {test['value']:.3f}[/] "
                     f"(95% interval {test['low']:.3f}-{test['high']:.3f}, "
@@ -133,7 +135,9 @@ def render_status(console: Console, summary: dict[str, Any], config: Any) -> Non
     console.print(f"Study [bold]{escape(summary['study'])}[/] ({escape(config.data_dir)}, "
                   f"space {escape(config.space)}, metric {summary['metric']}): {counts}")
     best, test = summary.get("best"), summary.get("test") or {}
-    scored = (test.get("scores") or {}).get(str(best["number"])) if best else None
+    from tlsearch.holdout import score_of
+
+    scored = score_of(test, best["number"]) if best else None
     if best and scored:
         console.print(f"Recommended: trial #{best['number']}, validation {best['value']:.4f}, "
                       f"[bold]held-out test {scored['value']:.4f}[/] "
