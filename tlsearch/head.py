@@ -6,10 +6,16 @@ Adam fits them badly, and every fine-tuning trial would start from that half-fit
 head. So each trial's head starts from a solve instead (LP-FT, Kumar et al., ICLR
 2022): the head's standardization layer takes the mean and variance of the training
 features (any scale: see `standard_scale`), and its classifier is scikit-learn's
-multinomial `LogisticRegression` (L-BFGS, to convergence, class-balanced sample
-weights where the strategy fights imbalance) on the standardized features, with the
-regularisation strength chosen on validation from a small grid. Only training and
-validation images are used.
+multinomial `LogisticRegression` (L-BFGS, class-balanced sample weights where the
+strategy fights imbalance) on the standardized features, with the regularisation
+strength chosen on validation from a small grid. Only training and validation images
+are used.
+
+The grid is walked from the strongest regularisation up, each fit warm-started from
+the last, with at most `MAX_ITER` steps to `TOL`: on pretrained features this
+converges in tens of steps; on features that carry no signal (a random backbone) a
+solve to 1e-6 took 80 s on 2 cores for the same validation scores (measured on the
+textures demo, Lite0@96: 0.295/0.297/0.331/0.348 either way, 36 s bounded).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["C_GRID", "LinearHead", "solve_linear_head"]
+__all__ = ["C_GRID", "MAX_ITER", "TOL", "LinearHead", "solve_linear_head"]
 
 #: Inverse L2 strengths tried; the one with the best validation score is kept.
 C_GRID = (0.01, 0.1, 1.0, 10.0)
+MAX_ITER = 500
+TOL = 1e-5
 _CACHE: OrderedDict[str, LinearHead] = OrderedDict()
 _CACHE_SIZE = 16
 
@@ -83,7 +91,8 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     val = np.asarray(val, dtype=np.float64)
     key = hashlib.sha256(b"".join([
         train.tobytes(), np.asarray(y_train).tobytes(), val.tobytes(),
-        np.asarray(y_val).tobytes(), repr((n_classes, balanced, metric, C_GRID)).encode(),
+        np.asarray(y_val).tobytes(),
+        repr((n_classes, balanced, metric, C_GRID, MAX_ITER, TOL)).encode(),
     ])).hexdigest()
     if key in _CACHE:
         _CACHE.move_to_end(key)
@@ -93,25 +102,26 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     xt, xv = (train - mean) / scale, (val - mean) / scale
     variance = scale**2
     weights = compute_sample_weight("balanced", y_train) if balanced else None
-    best: tuple[float, float, LogisticRegression] | None = None
-    for c in C_GRID:
-        model = LogisticRegression(C=c, max_iter=2000, tol=1e-6)
+    best: tuple[float, float, np.ndarray, np.ndarray, np.ndarray] | None = None
+    model = LogisticRegression(max_iter=MAX_ITER, tol=TOL, warm_start=True)
+    for c in sorted(C_GRID):
+        model.set_params(C=c)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(xt, y_train, sample_weight=weights)
         score = _score(metric, y_val, model.predict(xv)) if len(y_val) else 0.0
         if best is None or score > best[0]:
-            best = (score, c, model)
-    score, c, model = best
+            best = (score, c, model.coef_.copy(), model.intercept_.copy(), model.classes_)
+    score, c, coef, intercept, classes = best
     kernel = np.zeros((train.shape[1], n_classes))
     bias = np.full(n_classes, -30.0)  # a class absent from training gets ~0 probability
-    seen = model.classes_.astype(int)
-    if len(seen) == 2 and model.coef_.shape[0] == 1:  # binary: sklearn keeps one row
-        kernel[:, seen[1]], bias[seen[1]] = model.coef_[0] / 2, model.intercept_[0] / 2
-        kernel[:, seen[0]], bias[seen[0]] = -model.coef_[0] / 2, -model.intercept_[0] / 2
+    seen = classes.astype(int)
+    if len(seen) == 2 and coef.shape[0] == 1:  # binary: sklearn keeps one row
+        kernel[:, seen[1]], bias[seen[1]] = coef[0] / 2, intercept[0] / 2
+        kernel[:, seen[0]], bias[seen[0]] = -coef[0] / 2, -intercept[0] / 2
     else:
-        kernel[:, seen] = model.coef_.T
-        bias[seen] = model.intercept_
+        kernel[:, seen] = coef.T
+        bias[seen] = intercept
     head = LinearHead(mean=mean.astype(np.float32), variance=variance.astype(np.float32),
                       kernel=kernel.astype(np.float32), bias=bias.astype(np.float32),
                       C=float(c), val_score=float(score))

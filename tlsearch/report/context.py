@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from tlsearch.head import C_GRID as HEAD_C_GRID
+from tlsearch.head import MAX_ITER as HEAD_MAX_ITER
+from tlsearch.head import TOL as HEAD_TOL
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
@@ -479,10 +481,14 @@ head.layers[1].set_weights([mean, std**2])
     return code + f'''z_train = head.layers[1](f_train).numpy()
 z_val = head.layers[1](f_val).numpy()
 weights = {"compute_sample_weight('balanced', yt)" if balanced else "None"}
-fits = [LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(z_train, yt, sample_weight=weights)
-        for c in {HEAD_C_GRID!r}]
-lr = max(fits, key=lambda m: balanced_accuracy_score(yv, m.predict(z_val)))
-kernel, bias = lr.coef_.T, lr.intercept_
+# C from strong to weak regularisation, each fit warm-started from the last.
+lr, best = LogisticRegression(max_iter={HEAD_MAX_ITER}, tol={HEAD_TOL}, warm_start=True), None
+for c in {tuple(sorted(HEAD_C_GRID))!r}:
+    lr.set_params(C=c).fit(z_train, yt, sample_weight=weights)
+    score = balanced_accuracy_score(yv, lr.predict(z_val))
+    if best is None or score > best[0]:
+        best = (score, lr.coef_.T.copy(), lr.intercept_.copy())
+_, kernel, bias = best
 if kernel.shape[1] == 1:  # two classes: scikit-learn keeps one row
     kernel, bias = np.concatenate([-kernel, kernel], 1) / 2, np.array([-bias[0], bias[0]]) / 2
 head.layers[-1].set_weights([kernel.astype("float32"), bias.astype("float32")])
