@@ -17,14 +17,15 @@ def write_results(name: str | Path, lines: list[str]) -> Path:
     return out
 
 
-def demo_with_space(prefix: str, space_yaml: str) -> tuple[Path, Path]:
-    """A temporary folder with the demo data (64 px) and a space file: (data, space)."""
+def demo_with_space(prefix: str, space_yaml: str, *, kind: str = "digits"
+                    ) -> tuple[Path, Path]:
+    """A temporary folder with demo data of `kind` (64 px) and a space file: (data, space)."""
     import tempfile
 
     from tlsearch.demo import write_demo_data
 
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    write_demo_data(tmp / "demo", size=64)
+    write_demo_data(tmp / "demo", size=64, kind=kind)
     space = tmp / "space.yaml"
     space.write_text(space_yaml)
     return tmp / "demo", space

@@ -23,8 +23,10 @@ chosen configuration predicts the test split. Finally a frozen-only space is sea
 a fixed number of trials by each tool and its wall time is divided by the time of one
 forward pass of every backbone over the data, the floor no tool can beat.
 
-Datasets: the demo digits (scikit-learn's, imbalanced) and faces vs non-faces
-(scikit-image's `lfw_subset`, 200 real photographs). Figures: benchmarks/RESULTS.md.
+Datasets: the textures demo (`tlsearch demo-data`: grey tiles of scikit-image's
+photographs, 8 imbalanced classes), faces vs non-faces (scikit-image's `lfw_subset`, 200
+real photographs) and the older digits demo (scikit-learn's). Backbone: ImageNet
+EfficientNet-Lite0 (offline, from its weight package). Figures: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TLSEARCH_OFFLINE", "1")
 
 TOOLS = ("tlsearch", "kerastuner", "optuna")
-DATASETS = ("digits", "lfw_faces")
+DATASETS = ("textures", "lfw_faces", "digits")
+DEFAULT_DATASETS = ("textures", "lfw_faces")
 VAL_FRACTION = 0.2
 TEST_FRACTION = 0.2
 RESULTS = "RESULTS.md"
@@ -67,10 +70,10 @@ def write_dataset(name: str, root: Path, *, per_class: int | None = None) -> Pat
     from PIL import Image
 
     out = root / name
-    if name == "digits":
+    if name in ("digits", "textures"):
         from tlsearch.demo import write_demo_data
 
-        write_demo_data(out, size=64)
+        write_demo_data(out, size=64, kind=name)
     elif name == "lfw_faces":
         from skimage.data import lfw_subset
 
@@ -100,7 +103,7 @@ class Setup:
     weights: str  # "auto" (bundled/ImageNet) or "none"
 
 
-REAL = Setup({"mobilenet_v3_small": [64, 96]}, head_epochs=5, finetune_epochs=3,
+REAL = Setup({"efficientnet_lite0": [96, 128]}, head_epochs=5, finetune_epochs=3,
              weights="auto")
 SMOKE = Setup({"tiny_cnn": [32]}, head_epochs=2, finetune_epochs=1, weights="none")
 
@@ -642,7 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="wall-clock budget of each tool per dataset and seed (0: only "
                              "the frozen-only part)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
+                        choices=DATASETS)
     parser.add_argument("--frozen-trials", type=int, default=10,
                         help="trials of the frozen-only search of each tool (0: skip)")
     parser.add_argument("--frozen-sizes", type=int, nargs="+", default=None,
