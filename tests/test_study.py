@@ -72,6 +72,12 @@ def test_changed_dataset_or_space_is_refused(setup):
         run_search(_config(tmp_path, data, space, trials=2))
     forced = run_search(_config(tmp_path, data, space, trials=2, force=True))
     assert forced.counts["complete"] == 2
+    # --force is not saved: a later resume refuses the next change of the data.
+    assert json.loads((tmp_path / "studies" / "s" / "config.json").read_text())["force"] is False
+    (data / "red" / "001.png").unlink()
+    result = CliRunner().invoke(app, ["resume", "s", "--out", str(tmp_path / "studies"),
+                                      "--trials", "3", "--no-isolate"])
+    assert result.exit_code != 0 and "changed" in result.output
     with pytest.raises(SearchError, match="different search space"):
         run_search(_config(tmp_path, data, space, trials=3, overrides=("head_epochs=3",)))
 
@@ -230,3 +236,22 @@ def test_no_rank_and_latency_limit(tmp_path):
     study = open_study(config, create=False).study
     assert "ranking" not in study.user_attrs  # --no-rank: no pass before the trials
     assert outcome.counts == {"complete": 1} and outcome.best is None  # nothing that fast
+
+
+def test_two_workers_with_one_seed_draw_different_start_up_points():
+    import optuna
+
+    from tlsearch.study import _make_sampler
+
+    storage = optuna.storages.InMemoryStorage()
+    # Two workers: two study objects over one storage, each with its own sampler built
+    # from the same --seed, as every worker process builds it.
+    first, second = (optuna.create_study(study_name="s", storage=storage, load_if_exists=True,
+                                         sampler=_make_sampler(7)) for _ in range(2))
+    a, b = first.ask(), second.ask()
+    assert (a.number, b.number) == (0, 1)
+    draws = [t.suggest_float("lr", 1e-4, 1.0, log=True) for t in (a, b)]
+    assert draws[0] != draws[1]
+    # Reproducible from the seed: trial 0 of a fresh one-worker study draws the same.
+    again = optuna.create_study(sampler=_make_sampler(7)).ask()
+    assert again.suggest_float("lr", 1e-4, 1.0, log=True) == draws[0]

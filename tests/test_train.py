@@ -211,3 +211,20 @@ def test_tiny_activations_are_cached_without_loss(tmp_path):
     np.testing.assert_array_equal(stored, tiny)
     normal, _ = cache.get_or_compute("n" * 32, lambda: tiny * 1e12, dtype=np.float16)
     assert normal.dtype == np.float16
+
+
+def test_latency_is_measured_with_every_op_on_the_cpu():
+    import keras
+    import tensorflow as tf
+
+    from tlsearch.train import cpu_inference_fn
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    fn = cpu_inference_fn(model)
+    graph = fn.get_concrete_function(tf.TensorSpec((1, 8, 8, 3))).graph
+    # Variable reads sit where the variables live (cloned onto the CPU where a GPU is).
+    plumbing = {"Placeholder", "ReadVariableOp", "Identity", "NoOp"}
+    compute = {op.type: op.device for op in graph.get_operations() if op.type not in plumbing}
+    assert {"MatMul", "BiasAdd"} <= set(compute)
+    assert all("CPU" in d for d in compute.values()), compute

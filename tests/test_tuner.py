@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tlsearch.cli import app
-from tlsearch.study import SearchConfig, open_study
+from tlsearch.study import SearchConfig, SearchError, open_study
 from tlsearch.tuner import _HpTrial, run_keras_tuner
 
 
@@ -71,6 +72,25 @@ def test_cli_engine_flag_and_refusals(small_study):
     assert refused.exit_code != 0 and "one worker" in refused.output
     bad = runner.invoke(app, base[:-4] + ["--engine", "ray"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+    # The bayesian oracle prunes nothing: an explicit other pruner is refused, not ignored.
+    pruned = runner.invoke(app, base + ["--pruner", "median"])
+    assert pruned.exit_code != 0 and "--pruner median cannot drive" in pruned.output
+    saved = json.loads((tmp_path / "studies" / "e" / "config.json").read_text())
+    assert saved["pruner"] == "none"  # what the oracle did, for resume and the report
+
+
+def test_keras_tuner_engine_honours_the_timeout(small_study):
+    tmp_path, data, space = small_study
+    config = SearchConfig(data_dir=str(data), space=str(space), study="t",
+                          out=str(tmp_path / "studies"), weights="none", trials=20,
+                          cache_dir=str(tmp_path / "cache"), engine="keras-tuner",
+                          baselines=False, pruner="none", timeout=0.01)
+    outcome = run_keras_tuner(config, oracle="bayesian")
+    assert outcome.stopped == "timeout"
+    assert sum(outcome.counts.values()) == 1  # the trial running at the deadline ends
+    wrong = dataclasses.replace(config, pruner="hyperband")
+    with pytest.raises(SearchError, match="cannot drive"):
+        run_keras_tuner(wrong, oracle="bayesian")
 
 
 def test_failing_trials_stop_the_keras_tuner_search(small_study, monkeypatch):
@@ -82,7 +102,7 @@ def test_failing_trials_stop_the_keras_tuner_search(small_study, monkeypatch):
     config = SearchConfig(data_dir=str(data), space=str(space), study="f",
                           out=str(tmp_path / "studies"), weights="none", trials=20,
                           cache_dir=str(tmp_path / "cache"), engine="keras-tuner",
-                          baselines=False)
+                          baselines=False, pruner="none")
     outcome = run_keras_tuner(config, oracle="bayesian")
     assert outcome.stopped == "all_failed" and outcome.best is None
     trials = open_study(config, create=False).study.get_trials()

@@ -256,6 +256,21 @@ def _rank(data_dir: Path, space: str, weights: str, seed: int, val_fraction: flo
         return rank_backbones(pairs, data, FeatureCache(cache), seed=seed)
 
 
+def _pruner_for(pruner: Pruner | None, engine: Engine, kt_oracle: KtOracle) -> str:
+    """The pruner asked for, or the engine's own: KerasTuner's oracles schedule early
+    stopping themselves, so only the matching value is accepted there."""
+    if engine is Engine.keras_tuner:
+        from tlsearch.tuner import ORACLE_PRUNER
+
+        own = ORACLE_PRUNER[kt_oracle.value]
+        if pruner is not None and pruner.value != own:
+            raise fail(f"--pruner {pruner.value} cannot drive --engine keras-tuner: its "
+                       f"{kt_oracle.value} oracle stops trials itself (--pruner {own}); use "
+                       "--engine optuna for other pruners")
+        return own
+    return (pruner or Pruner.hyperband).value
+
+
 @app.command()
 def search(
     data_dir: DataDir,
@@ -283,7 +298,9 @@ def search(
         help="Decode and frozen-prefix cache (default ~/.cache/tlsearch).")] = None,
     out: Annotated[Path, typer.Option("--out", "--studies", file_okay=False,
                                       help="Folder that holds study folders.")] = Path("studies"),
-    pruner: Annotated[Pruner, typer.Option(help="Multi-fidelity pruner.")] = Pruner.hyperband,
+    pruner: Annotated[Pruner | None, typer.Option(
+        help="Multi-fidelity pruner (default: hyperband; with --engine keras-tuner, the "
+             "oracle's own).")] = None,
     val_fraction: Annotated[float, typer.Option(min=0.05, max=0.9,
                                                 help="Validation share (flat layout).")] = 0.2,
     test_fraction: Annotated[float | None, typer.Option(
@@ -332,7 +349,8 @@ def search(
         data_dir=str(data_dir), space=space, overrides=tuple(set_ or ()), study=study,
         out=str(out), storage=storage, trials=trials, timeout=timeout,
         metric=metric.value if metric else None, weights=weights, seed=seed,
-        cache_dir=str(cache_dir) if cache_dir else None, pruner=pruner.value,
+        cache_dir=str(cache_dir) if cache_dir else None, pruner=_pruner_for(pruner, engine,
+                                                                            kt_oracle),
         val_fraction=val_fraction, test_fraction=test_fraction, force=force, rank=rank,
         keep_top_backbones=keep_top_backbones, baselines=baselines,
         max_latency_ms=max_latency_ms, max_params=max_params, engine=engine.value,

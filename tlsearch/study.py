@@ -265,12 +265,28 @@ def _make_pruner(name: str, max_resource: int):
 
 
 def _make_sampler(seed: int):
+    import numpy as np
     import optuna
+
+    class TrialSeededTPE(optuna.samplers.TPESampler):
+        """TPE whose random draws for a trial are seeded by (--seed, trial number).
+
+        Seeded once per process, every worker (and every machine sharing `--seed`)
+        would draw the same start-up points; seeded per trial, the draws differ
+        between trials wherever they run and a one-worker study is reproducible.
+        """
+
+        def before_trial(self, study, trial) -> None:
+            state = np.random.SeedSequence([seed, trial.number]).generate_state(2)
+            # TPESampler keeps its own and its start-up RandomSampler's generators.
+            self._rng.rng.seed(int(state[0]))
+            self._random_sampler._rng.rng.seed(int(state[1]))
+            super().before_trial(study, trial)
 
     # constant_liar keeps parallel workers from sampling the same point; group handles
     # the conditional space (no backbone LR when nothing is unfrozen).
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                      constant_liar=True, n_startup_trials=5)
+    return TrialSeededTPE(seed=seed, multivariate=True, group=True, constant_liar=True,
+                          n_startup_trials=5)
 
 
 # -- study handle ------------------------------------------------------------------------
@@ -330,7 +346,9 @@ def open_study(config: SearchConfig, *, create: bool = True) -> StudyHandle:
         study.set_user_attr("metric", metric)
         study.set_user_attr("tlsearch_version", __import__("tlsearch").__version__)
     config_path = study_dir / CONFIG_FILE
-    _write_json(config_path, dict(config.to_dict(), metric=metric))
+    # --force is for the run that passed it: saved, a later `resume` would silently
+    # accept a changed dataset or space.
+    _write_json(config_path, dict(config.to_dict(), metric=metric, force=False))
     _write_json(study_dir / SPACE_FILE, space.to_dict())
     return StudyHandle(config=config, study=study, space=space, storage=storage)
 

@@ -22,9 +22,12 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ORACLES", "register_space", "run_keras_tuner"]
+__all__ = ["ORACLES", "ORACLE_PRUNER", "register_space", "run_keras_tuner"]
 
 ORACLES = ("hyperband", "bayesian")
+#: What stops trials early under each oracle, in `--pruner` terms: Hyperband brackets
+#: are the oracle's own; Bayesian optimisation trains every trial to its end.
+ORACLE_PRUNER = {"hyperband": "hyperband", "bayesian": "none"}
 PROJECT = "keras_tuner"
 OBJECTIVE = "objective"
 
@@ -105,7 +108,13 @@ def _oracle(kind: str, config: Any, max_epochs: int) -> Any:
 
 def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
                     on_event: Callable[[str, dict], None] | None = None) -> Any:
-    """Run (or resume) a KerasTuner-driven search; returns a `SearchOutcome`."""
+    """Run (or resume) a KerasTuner-driven search; returns a `SearchOutcome`.
+
+    `config.timeout` is honoured as by the Optuna engine: no trial starts after it.
+    `config.pruner` must be what the oracle does (`ORACLE_PRUNER`).
+    """
+    import time
+
     import keras_tuner as kt
     import optuna
     from optuna.trial import TrialState
@@ -127,6 +136,12 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
     )
     from tlsearch.train import TrialPruned, run_trial
 
+    if config.pruner != ORACLE_PRUNER[oracle]:
+        raise SearchError(
+            f"--pruner {config.pruner} cannot drive --engine keras-tuner: the {oracle} oracle "
+            f"decides early stopping itself (--pruner {ORACLE_PRUNER[oracle]}, the default "
+            "there); use --engine optuna for other pruners")
+    started = time.monotonic()
     emit = on_event or (lambda kind, info: None)
     prepared = prepare_search(config, emit)
     handle, space = prepared.handle, prepared.space
@@ -241,7 +256,11 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
 
         def on_trial_end(self, trial: Any) -> None:
             super().on_trial_end(trial)
-            if _finished_count(study) >= config.trials:
+            out_of_time = (config.timeout is not None
+                           and time.monotonic() - started > config.timeout)
+            if out_of_time:
+                outer["stopped"] = "timeout"
+            if out_of_time or _finished_count(study) >= config.trials:
                 self.oracle.max_trials = len(self.oracle.trials)  # stop asking for more
 
     oracle_obj = _oracle(oracle, config, _max_steps(space))
