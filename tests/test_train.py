@@ -228,3 +228,29 @@ def test_latency_is_measured_with_every_op_on_the_cpu():
     compute = {op.type: op.device for op in graph.get_operations() if op.type not in plumbing}
     assert {"MatMul", "BiasAdd"} <= set(compute)
     assert all("CPU" in d for d in compute.values()), compute
+
+
+def test_a_replay_selects_nothing_on_validation(trial_data):
+    """`--retrain train+val` trains on validation images: nothing may be chosen on them."""
+    import dataclasses
+
+    from tlsearch.train import Replay
+
+    strategy = _strategy(schedule="plateau", early_stopping_patience=1)
+    trial = run_trial(strategy, trial_data)
+    replay = Replay.of(trial.to_dict())
+    assert replay.steps == trial.metrics["best_step"]
+    assert replay.head_C == trial.extra["head_solve"]["C"]
+    replay = dataclasses.replace(replay, steps=3, lr_factors=(1.0, 0.5, 0.25))
+    # The same training with validation labels that disagree about everything: a run
+    # that selected an epoch, a C or a learning-rate decay on them would differ.
+    flipped = dataclasses.replace(
+        trial_data, val_labels=tuple((y + 1) % 3 for y in trial_data.val_labels))
+    runs = [run_trial(strategy, data, replay=replay) for data in (trial_data, flipped)]
+    for run in runs:
+        assert run.state == "complete" and len(run.history) == 3
+        assert [h["lr_head"] for h in run.history] == pytest.approx(
+            [strategy.head_lr * f for f in (1.0, 0.5, 0.25)])
+        assert run.extra["head_solve"]["C"] == replay.head_C
+    weights = [r.model.get_weights() for r in runs]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))

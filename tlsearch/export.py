@@ -94,7 +94,8 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
 
     Args:
         retrain: `none` uses the weights the trial ended with (kept for the study's best
-            trials); `train+val` retrains the same strategy on train and validation.
+            trials); `train+val` retrains the same strategy on train and validation for
+            the trial's recorded epochs and head C, selecting nothing.
         tflite: also write float32 and dynamic-range quantized TFLite models and check
             they agree with the Keras model.
     Returns:
@@ -126,11 +127,12 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         os.replace(tmp, out / MODEL_FILE)
         trained_on = "train split"
     else:
-        model = _retrain(strategy, split, config)
+        model = _retrain(strategy, split, config, handle.trial_dir(chosen.number))
         tmp = out / f".{os.getpid()}.tmp.keras"
         model.save(tmp)
         os.replace(tmp, out / MODEL_FILE)
-        trained_on = "train + validation splits (validation metrics below are from the search)"
+        trained_on = ("train + validation splits, for the trial's recorded epochs, selecting "
+                      "nothing (validation metrics below are from the search)")
     labels = list(split.classes)
     _write_text(out / "labels.json", json.dumps(labels, indent=1, ensure_ascii=True))
     _write_text(out / "strategy.json", strategy.to_json())
@@ -155,16 +157,24 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     return summary
 
 
-def _retrain(strategy: Any, split: Any, config: Any) -> Any:
-    from tlsearch.train import TrialData, run_trial
+def _retrain(strategy: Any, split: Any, config: Any, trial_dir: Path) -> Any:
+    """The strategy trained on train + validation for the trial's recorded epochs and
+    head C (`train.Replay`): the validation images are training images here, so
+    nothing may be chosen on them."""
+    from tlsearch.train import Replay, TrialData, run_trial
 
+    try:
+        replay = Replay.of(json.loads((trial_dir / "result.json").read_text()))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"cannot retrain trial {trial_dir.name}: its recorded schedule "
+                          f"is unreadable ({exc})") from None
     data = TrialData(
         root=Path(config.data_dir), classes=tuple(split.classes),
         train_paths=tuple(p for p, _ in split.train + split.val),
         train_labels=tuple(y for _, y in split.train + split.val),
         val_paths=tuple(p for p, _ in split.val), val_labels=tuple(y for _, y in split.val),
         fingerprint=split.fingerprint, cache_dir=config.cache_path)
-    result = run_trial(strategy, data)
+    result = run_trial(strategy, data, replay=replay)
     if result.state != "complete":
         raise ExportError(f"retraining failed: {result.failure_reason} {result.failure_detail}")
     return result.model

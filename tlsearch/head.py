@@ -73,12 +73,14 @@ def _score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
 
 def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
                       y_val: np.ndarray, n_classes: int, *, balanced: bool,
-                      metric: str = "balanced_accuracy") -> LinearHead:
+                      metric: str = "balanced_accuracy",
+                      c_grid: tuple[float, ...] | None = None) -> LinearHead:
     """Fit the head on pooled training features; choose C on the validation features.
 
     Args:
         train, val: pooled frozen features, (n, d).
         balanced: weight samples inversely to their class frequency.
+        c_grid: the C values to try (default `C_GRID`); one value selects nothing.
 
     Results are cached by the bytes of the inputs: trials that share features share
     the solve.
@@ -87,12 +89,13 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     from sklearn.linear_model import LogisticRegression
     from sklearn.utils.class_weight import compute_sample_weight
 
+    c_grid = tuple(C_GRID if c_grid is None else c_grid)
     train = np.asarray(train, dtype=np.float64)
     val = np.asarray(val, dtype=np.float64)
     key = hashlib.sha256(b"".join([
         train.tobytes(), np.asarray(y_train).tobytes(), val.tobytes(),
         np.asarray(y_val).tobytes(),
-        repr((n_classes, balanced, metric, C_GRID, MAX_ITER, TOL)).encode(),
+        repr((n_classes, balanced, metric, c_grid, MAX_ITER, TOL)).encode(),
     ])).hexdigest()
     if key in _CACHE:
         _CACHE.move_to_end(key)
@@ -104,7 +107,7 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     weights = compute_sample_weight("balanced", y_train) if balanced else None
     best: tuple[float, float, np.ndarray, np.ndarray, np.ndarray] | None = None
     model = LogisticRegression(max_iter=MAX_ITER, tol=TOL, warm_start=True)
-    for c in sorted(C_GRID):
+    for c in sorted(c_grid):
         model.set_params(C=c)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)

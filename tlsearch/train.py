@@ -33,6 +33,7 @@ from tlsearch.strategy import ALL_BLOCKS, Strategy
 __all__ = [
     "CHECKPOINT_DIR_NAME",
     "NullReporter",
+    "Replay",
     "Reporter",
     "TrialData",
     "TrialFailed",
@@ -112,6 +113,35 @@ class TrialData:
 
 
 @dataclass(frozen=True)
+class Replay:
+    """A finished trial's schedule, trained again with nothing selected (`--retrain`).
+
+    The trial chose its epoch count (best epoch) and the head solve's C on validation;
+    a retrain on train + validation repeats those choices instead of making them again
+    on images it now trains on: `steps` epochs with the trial's per-epoch learning-rate
+    multipliers (cosine, warm-up, plateau decay as they happened), its `head_C`, and
+    the final weights kept.
+    """
+
+    steps: int
+    lr_factors: tuple[float, ...]
+    head_C: float | None  # None: the head started from Keras's initialisation
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> Replay:
+        """From a trial's `result.json` (`TrialResult.to_dict`)."""
+        strategy = Strategy.from_dict(result["strategy"])
+        steps = int(result["metrics"]["best_step"])
+        factors = tuple(h["lr_head"] / strategy.head_lr for h in result["history"][:steps])
+        solve = result.get("extra", {}).get("head_solve")
+        if strategy.head_init == "solve" and not solve:
+            raise ValueError("the trial's head solve was not recorded (a study from before "
+                             "tlsearch 0.5): its C cannot be repeated")
+        return cls(steps=steps, lr_factors=factors,
+                   head_C=float(solve["C"]) if solve else None)
+
+
+@dataclass(frozen=True)
 class TrialResult:
     """Everything a trial leaves behind, JSON-serialisable via `to_dict`."""
 
@@ -143,7 +173,7 @@ class TrialResult:
             "params": self.params, "latency_ms": self.latency_ms, "cached": self.cached,
             "cache": self.cache, "failure_reason": self.failure_reason,
             "failure_detail": self.failure_detail, "resumed_from_step": self.resumed_from_step,
-            "notes": list(self.notes),
+            "notes": list(self.notes), "extra": self.extra,
         }
 
 
@@ -330,7 +360,8 @@ class _Engine:
 
     def __init__(self, strategy: Strategy, data: TrialData, reporter: Reporter,
                  checkpoint_dir: Path | None, metric: str, feature_cache: Any,
-                 nan_at_step: int | None, reuse_backbone: bool) -> None:
+                 nan_at_step: int | None, reuse_backbone: bool,
+                 replay: Replay | None = None) -> None:
         import keras
 
         from tlsearch.model import build_transfer_model
@@ -341,6 +372,7 @@ class _Engine:
         self.checkpoint_dir = checkpoint_dir
         self.metric = metric
         self.nan_at_step = nan_at_step
+        self.replay = replay
         self.timings: dict[str, float] = {"decode": 0.0, "prefix": 0.0, "train": 0.0,
                                           "eval": 0.0}
         self.cache_counts = {"hits": 0, "misses": 0}
@@ -506,6 +538,8 @@ class _Engine:
         last_step = sum(phase.epochs for phase in phases)
         y_train_onehot = np.eye(self.n_classes, dtype=np.float32)[self.y_train]
         for phase_index in range(start_phase, len(phases)):
+            if self.replay is not None and global_step >= self.replay.steps:
+                break
             phase = phases[phase_index]
             first_epoch = start_epoch if phase_index == start_phase else 0
             if first_epoch >= phase.epochs:
@@ -524,9 +558,12 @@ class _Engine:
             patience_left = s.early_stopping_patience
             phase_best = -math.inf
             for epoch in range(first_epoch, phase.epochs):
+                if self.replay is not None and global_step >= self.replay.steps:
+                    break
                 global_step += 1
-                factor = _lr_factor(s.schedule, epoch, phase.epochs, s.warmup_epochs,
-                                    self.plateau_factor)
+                factor = (self.replay.lr_factors[global_step - 1] if self.replay is not None
+                          else _lr_factor(s.schedule, epoch, phase.epochs, s.warmup_epochs,
+                                          self.plateau_factor))
                 opt_h.learning_rate = head_lr * factor
                 opt_b.learning_rate = backbone_lr * factor
                 t0 = time.perf_counter()
@@ -550,6 +587,16 @@ class _Engine:
                 if not math.isfinite(train_loss):
                     raise TrialFailed("nan_loss", f"training loss became {train_loss} at "
                                                   f"step {global_step} ({phase.name})")
+                if self.replay is not None:  # nothing to select, so nothing to evaluate
+                    self.history.append({
+                        "step": global_step, "phase": phase.name, "phase_index": phase_index,
+                        "epoch": epoch, "unfrozen_blocks": phase.blocks,
+                        "train_loss": train_loss,
+                        "train_accuracy": total_correct / max(seen, 1),
+                        "lr_head": head_lr * factor,
+                        "lr_backbone": backbone_lr * factor if backbone_vars else 0.0,
+                        "seconds": time.perf_counter() - t0})
+                    continue
                 probs = self.predict_val(mode)
                 metrics = compute_metrics(self.y_val, probs, self.data.classes)
                 value = metrics[self.metric]
@@ -582,10 +629,11 @@ class _Engine:
         return self._finish(resumed_from)
 
     def _finish(self, resumed_from: int) -> TrialResult:
-        assert self.best is not None
-        # The trial ends with its best epoch's weights, so the recorded validation
-        # predictions are exactly what an exported model will predict.
-        self._assign_mutable(self.best[2])
+        if self.replay is None:
+            assert self.best is not None
+            # The trial ends with its best epoch's weights, so the recorded validation
+            # predictions are exactly what an exported model will predict.
+            self._assign_mutable(self.best[2])
         # Final validation predictions are what `predict` will give: the deployable
         # model on decoded images, or (same graph, same numbers) its trained part on the
         # float32 cached prefix activations of those images, without the prefix pass.
@@ -595,7 +643,7 @@ class _Engine:
         else:
             probs = _predict_images(deploy, self.val_images)
         metrics = compute_metrics(self.y_val, probs, self.data.classes)
-        metrics["best_step"] = self.best[1]
+        metrics["best_step"] = self.replay.steps if self.replay is not None else self.best[1]
         backbone_vars, head_vars = self.tm.trainable_variables
         params = {
             "total": int(deploy.count_params()),
@@ -659,14 +707,15 @@ class _Engine:
         t0 = time.perf_counter()
         solved = solve_linear_head(
             self._pooled("train"), self.y_train, self._pooled("val"), self.y_val,
-            self.n_classes, balanced=s.imbalance != "none", metric=self.metric)
+            self.n_classes, balanced=s.imbalance != "none", metric=self.metric,
+            c_grid=None if self.replay is None else (self.replay.head_C,))
         self.tm.head.get_layer("head_norm").set_weights([solved.mean, solved.variance])
         if not s.head_hidden_units:
             self.tm.head.get_layer("head_logits").set_weights([solved.kernel, solved.bias])
         self.timings["head_solve"] = time.perf_counter() - t0
         self.head_solve = {"C": solved.C, "val_score": solved.val_score,
                            "linear": not s.head_hidden_units}
-        if not s.head_hidden_units:
+        if not s.head_hidden_units and self.replay is None:
             # The solve itself is a candidate: SGD epochs replace it only if they win.
             probs = self.predict_val(self._mode(0))
             value = compute_metrics(self.y_val, probs, self.data.classes)[self.metric]
@@ -811,7 +860,8 @@ def _latency_ms(model: Any, strategy: Strategy, repeats: int = 10) -> float:
 def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = None, *,
               resume_from: Path | None = None, checkpoint_dir: Path | None = None,
               metric: str = "balanced_accuracy", feature_cache: Any = None,
-              nan_at_step: int | None = None, reuse_backbone: bool = False) -> TrialResult:
+              nan_at_step: int | None = None, reuse_backbone: bool = False,
+              replay: Replay | None = None) -> TrialResult:
     """Train one strategy and return its result; never raises for a failed trial.
 
     Args:
@@ -822,6 +872,8 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
         checkpoint_dir: where to write a checkpoint after every epoch.
         feature_cache: a `FeatureCache`; defaults to one under `data.cache_dir`.
         nan_at_step: test hook that makes the loss non-finite from that step on.
+        replay: train a finished trial's recorded schedule and keep the final weights,
+            selecting nothing on the validation images (they may be training images).
         reuse_backbone: build the backbone once per process and reuse it (original
             weights restored) in later trials: saves seconds per trial. The result's
             `model` then shares the backbone and is only valid until the next trial, so
@@ -844,7 +896,7 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
     engine = None
     try:
         engine = _Engine(strategy, data, reporter, checkpoint_dir, metric, feature_cache,
-                         nan_at_step, reuse_backbone)
+                         nan_at_step, reuse_backbone, replay)
         engine.prepare_inputs()
         engine.init_head()
         if resume is not None:
