@@ -25,7 +25,7 @@ import stat
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -696,6 +696,8 @@ class Split:
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     fingerprint: str = ""
+    #: Groups of exact or near duplicates kept on one side of every split made.
+    merged_groups: int = 0
 
     def _part(self, part: str) -> tuple[tuple[str, int], ...]:
         if part not in PARTS:
@@ -720,6 +722,7 @@ class Split:
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "fingerprint": self.fingerprint,
+            "merged_groups": self.merged_groups,
             **{part: [list(item) for item in getattr(self, part)] for part in PARTS},
         }
         # ASCII JSON keeps non-UTF-8 file names (surrogate escapes) intact.
@@ -747,6 +750,7 @@ class Split:
                 val_fraction=float(doc["val_fraction"]),
                 test_fraction=float(doc["test_fraction"]),
                 fingerprint=str(doc["fingerprint"]),
+                merged_groups=int(doc.get("merged_groups", 0)),
                 **parts,
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -787,12 +791,37 @@ def _part_sizes(label: str, n: int, fractions: dict[str, float]) -> dict[str, in
     return sizes
 
 
+def _take_units(
+    units: list[list[tuple[str, int]]], n: int, seed: int
+) -> tuple[list[list[tuple[str, int]]], list[tuple[str, int]]]:
+    """Seeded choice of whole units (a duplicate group, or one image) holding about `n`
+    images: (units left, images taken). With only single images, exactly `_take`."""
+    if all(len(u) == 1 for u in units):
+        rest, taken = _take([u[0] for u in units], n, seed)
+        return [[item] for item in rest], taken
+    order = np.random.RandomState(seed).permutation(len(units))
+    chosen: set[int] = set()
+    count = 0
+    for i in order:
+        # A unit that would overshoot is skipped for smaller ones; the first may
+        # overshoot (a part needs an image) unless it would leave nothing to train on.
+        size = len(units[i])
+        if count + size <= n or (count == 0 and len(units) - len(chosen) > 1):
+            chosen.add(int(i))
+            count += size
+        if count >= n:
+            break
+    taken = sorted(item for i in chosen for item in units[i])
+    return [u for i, u in enumerate(units) if i not in chosen], taken
+
+
 def make_split(
     index: ImageIndex,
     *,
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     seed: int = 0,
+    groups: Mapping[str, int] | None = None,
 ) -> Split:
     """Assign every accepted image to train, val and (optionally) test.
 
@@ -801,6 +830,11 @@ def make_split(
     Pre-split layout: the folders are used as given (fractions ignored), except that
     a test part requested without a test folder is carved out of train the same way.
     Paths are sorted first, so the result depends only on the files and the seed.
+
+    `groups` (path -> group id, `tlsearch.duplicates`) keeps each group of exact or
+    near duplicates on one side of every split the function makes: a group moves as
+    one unit, with the class of its first path; parts then hold about, not exactly,
+    their share. The split counts the groups it kept together (`merged_groups`).
 
     Raises:
         DatasetError: Bad fractions, fewer than two classes, or a class too small
@@ -838,16 +872,21 @@ def make_split(
         carve = test_fraction > 0 and not by_part["test"]
         fractions = {"val": 0.0, "test": test_fraction if carve else 0.0}
 
+    units_of = _units(by_part["train"], groups or {})
+    merged = sum(1 for units in units_of.values() for u in units if len(u) > 1)
     for label in index.classes:
-        items = by_part["train"].get(label, [])
+        units = units_of.get(label, [])
         if not any(fractions.values()):
             continue
-        sizes = _part_sizes(label, len(items), fractions)
+        if not units and label in by_part["train"]:
+            by_part["train"][label] = []  # all its images travel with another class's group
+            continue
+        sizes = _part_sizes(label, sum(len(u) for u in units), fractions)
         rng_seed = _class_seed(seed, label)
         for part in ("test", "val"):
-            items, taken = _take(items, sizes.get(part, 0), rng_seed)
+            units, taken = _take_units(units, sizes.get(part, 0), rng_seed)
             by_part[part].setdefault(label, []).extend(taken)
-        by_part["train"][label] = items
+        by_part["train"][label] = sorted(item for u in units for item in u)
 
     def flatten(part: str) -> tuple[tuple[str, int], ...]:
         return tuple(sorted(item for items in by_part[part].values() for item in items))
@@ -861,11 +900,28 @@ def make_split(
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         fingerprint=index.fingerprint,
+        merged_groups=merged if any(fractions.values()) else 0,
     )
 
 
-# --------------------------------------------------------------------------------
-# Decode cache
+def _units(
+    train: dict[str, list[tuple[str, int]]], groups: Mapping[str, int]
+) -> dict[str, list[list[tuple[str, int]]]]:
+    """The splittable images of each class as units: a duplicate group (under the class
+    of its first path) or a single image."""
+    members: dict[int, list[tuple[str, str, int]]] = {}
+    units: dict[str, list[list[tuple[str, int]]]] = {}
+    for label, items in train.items():
+        for path, y in items:
+            if path in groups:
+                members.setdefault(groups[path], []).append((path, label, y))
+            else:
+                units.setdefault(label, []).append([(path, y)])
+    for group in members.values():
+        group.sort()
+        home = group[0][1]
+        units.setdefault(home, []).append([(path, y) for path, _, y in group])
+    return {label: sorted(u) for label, u in units.items()}
 
 
 def _cache_key(fingerprint: str, size: int, method: str, paths: Sequence[str]) -> str:

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import imagehash
 import numpy as np
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -29,16 +27,14 @@ from tlsearch.data import (
     NOTES,
     REASONS,
     DatasetError,
-    DecodeError,
     ImageIndex,
     ImageRecord,
     SkippedFile,
     Split,
-    _parallel_map,
-    decode_image,
     make_split,
     scan,
 )
+from tlsearch.duplicates import NEAR_DUPLICATE_DISTANCE, DuplicateSets, find_duplicates
 
 __all__ = [
     "NEAR_DUPLICATE_DISTANCE",
@@ -54,19 +50,11 @@ __all__ = [
 
 #: Classes with fewer accepted images than this are reported as too small to learn.
 SMALL_CLASS = 5
-#: Largest Hamming distance between 64-bit perceptual hashes counted as near-duplicate.
-NEAR_DUPLICATE_DISTANCE = 4
 #: Imbalance ratios from here on are reported as imbalanced.
 IMBALANCE_RATIO = 1.5
 #: Images with a side shorter than this are reported as tiny.
 TINY_SIDE = 32
 
-_HASH_DECODE_SIZE = 64  # phash works on 32x32 grayscale; more is wasted work
-_HASH_CHUNK = 512  # rows per block of the pairwise distance matrix
-# phash sets a bit per DCT coefficient above the median, so about 32 of 64 bits are
-# set; far fewer means ties at the median (a nearly uniform image), where the hash
-# says nothing and would match every other plain image.
-_HASH_MIN_BITS = 16
 _ASPECT_BUCKETS = (  # (label, upper bound of width/height)
     ("taller than 1:2", 0.5),
     ("1:2 to 3:4", 0.75),
@@ -197,8 +185,10 @@ def diagnose(
         return DoctorReport(data_dir=str(data_dir), usable=False, problem=str(exc))
     problem = None
     split: Split | None = None
-    try:
-        split = make_split(index, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    sets = find_duplicates(index, progress=progress)
+    try:  # the split a search makes: duplicates kept on one side
+        split = make_split(index, val_fraction=val_fraction, test_fraction=test_fraction,
+                           seed=seed, groups=sets.groups())
     except DatasetError as exc:
         problem = str(exc)
     part_of = _parts(index, split)
@@ -206,9 +196,7 @@ def diagnose(
     classes = _class_counts(index, part_of)
     totals = {c.label: c.total for c in classes}
     ratio = max(totals.values()) / min(totals.values()) if len(totals) >= 2 else None
-    duplicates = _exact_duplicates(index.records, part_of) + _near_duplicates(
-        index, part_of, progress=progress
-    )
+    duplicates = _duplicate_groups(sets, part_of)
     leaked_val, leaked_test = _leaks(duplicates)
     report = DoctorReport(
         data_dir=str(data_dir),
@@ -274,71 +262,11 @@ def _group(kind: str, members: list[ImageRecord], part_of: dict[str, str | None]
     )
 
 
-def _exact_duplicates(
-    records: tuple[ImageRecord, ...], part_of: dict[str, str | None]
-) -> tuple[DuplicateGroup, ...]:
-    by_hash: dict[str, list[ImageRecord]] = defaultdict(list)
-    for record in records:
-        by_hash[record.sha256].append(record)
-    groups = [_group("exact", m, part_of) for m in by_hash.values() if len(m) > 1]
-    return tuple(sorted(groups, key=lambda g: g.paths))
-
-
-def _phash(root: Path, record: ImageRecord) -> int | None:
-    try:
-        pixels = decode_image(root / record.path, _HASH_DECODE_SIZE)
-    except DecodeError:  # changed since the scan; it takes no part
-        return None
-    bits = imagehash.phash(Image.fromarray(pixels)).hash.flatten()
-    if bits.sum() < _HASH_MIN_BITS:  # too plain to compare; exact copies are still found
-        return None
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
-
-
-def _near_duplicates(
-    index: ImageIndex, part_of: dict[str, str | None], *, progress: bool
-) -> tuple[DuplicateGroup, ...]:
-    """Groups of images whose perceptual hashes differ in at most NEAR_DUPLICATE_DISTANCE bits.
-
-    Exact copies are not counted as near pairs, and nearly uniform images (whose hash
-    is meaningless) are left out. Pairwise distances are computed in row blocks,
-    which is quick for tens of thousands of images.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    hashes = _parallel_map(
-        lambda r: _phash(index.root, r),
-        index.records,
-        workers=None,
-        progress=progress,
-        description="Hashing",
-    )
-    records = [r for r, h in zip(index.records, hashes, strict=True) if h is not None]
-    if len(records) < 2:
-        return ()
-    bits = np.array([h for h in hashes if h is not None], dtype=np.uint64)
-    content = np.unique([r.sha256 for r in records], return_inverse=True)[1]
-    rows, cols = [], []
-    for start in range(0, len(bits), _HASH_CHUNK):
-        block = bits[start : start + _HASH_CHUNK]
-        near = np.bitwise_count(block[:, None] ^ bits[None, :]) <= NEAR_DUPLICATE_DISTANCE
-        i, j = np.nonzero(near)
-        i += start
-        keep = (j > i) & (content[i] != content[j])
-        rows.append(i[keep])
-        cols.append(j[keep])
-    i, j = np.concatenate(rows), np.concatenate(cols)
-    if not len(i):
-        return ()
-    n = len(records)
-    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    members: dict[int, list[ImageRecord]] = defaultdict(list)
-    for node in np.union1d(i, j):
-        members[int(component[node])].append(records[node])
-    groups = [_group("near", m, part_of) for m in members.values()]
-    return tuple(sorted(groups, key=lambda g: g.paths))
+def _duplicate_groups(sets: DuplicateSets, part_of: dict[str, str | None]
+                      ) -> tuple[DuplicateGroup, ...]:
+    return tuple(sorted([_group("exact", m, part_of) for m in sets.exact]
+                        + [_group("near", m, part_of) for m in sets.near],
+                        key=lambda g: (g.kind != "exact", g.paths)))
 
 
 def _leaks(duplicates: tuple[DuplicateGroup, ...]) -> tuple[int, int]:

@@ -701,9 +701,12 @@ def prepare_split(handle: StudyHandle) -> tuple[Any, Any]:
     split_path = handle.dir / SPLIT_FILE
 
     def fresh() -> Any:
-        try:
+        from tlsearch.duplicates import find_duplicates
+
+        try:  # exact and near duplicates stay on one side: no copy of a test image trains
             made = make_split(index, val_fraction=config.val_fraction,
-                              test_fraction=_test_fraction(config, index), seed=config.seed)
+                              test_fraction=_test_fraction(config, index), seed=config.seed,
+                              groups=find_duplicates(index).groups())
         except DatasetError as exc:
             raise SearchError(str(exc)) from None
         made.save(split_path)

@@ -828,7 +828,8 @@ def _pct(value: float | None) -> str:
 
 def _diagnose(trials: list[dict[str, Any]], best: dict[str, Any] | None,
               aggregates: list[dict[str, Any]], n_classes: int, metric: str,
-              doctor: dict[str, Any] | None, n_val: int) -> list[dict[str, Any]]:
+              doctor: dict[str, Any] | None, n_val: int, merged_groups: int = 0
+              ) -> list[dict[str, Any]]:
     """Findings in words, most serious first, one pattern per helper below."""
     label = METRIC_LABELS.get(metric, metric)
     complete = [t for t in trials if t["state"] == "complete"]
@@ -842,6 +843,11 @@ def _diagnose(trials: list[dict[str, Any]], best: dict[str, Any] | None,
     findings += _imbalance(best, doctor, label)
     findings += _choices(aggregates, label)
     findings += _data_findings(trials, best, doctor, n_val)
+    if merged_groups:
+        findings.append(_finding(
+            "info", "Duplicates kept together",
+            f"{merged_groups} group(s) of exact or near-duplicate images were each kept on one "
+            "side of the split, so no validation or test image has a copy in training."))
     if not any(f["severity"] == "warn" for f in findings) and complete:
         findings.append(_finding("ok", "No problems detected",
                                  "None of the failure patterns above showed up in the trials."))
@@ -1348,7 +1354,8 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
                  "summary": _cost_summary(complete)},
         "notes": notes,
     }
-    context["findings"] = _diagnose(trials, best, aggregates, len(classes), metric, doctor, n_val)
+    context["findings"] = _diagnose(trials, best, aggregates, len(classes), metric, doctor, n_val,
+                                    split.merged_groups if split else 0)
     context["best_model"] = (_best_model(best, loaded.probs.get(best["number"]), split,
                                          Path(config.data_dir), classes, metric)
                              if best is not None else None)
