@@ -131,3 +131,28 @@ def test_frozen_part_only_for_chosen_tools_and_sizes(tmp_path):
     text = out.read_text()
     assert "| lfw_faces | tlsearch | 1 (" in text and "| kerastuner |" not in text
     assert "- not measured in this run: tlsearch reaches" in text
+
+
+def test_pruning_replay_new_steps_never_judge_a_fine_tuner_in_its_warm_up():
+    from benchmarks.pruning_replay import replay
+
+    def run(number, unfreeze, curve):
+        strategy = {"backbone": "tiny_cnn", "image_size": 32, "weights": "none",
+                    "head_epochs": 5, "finetune_epochs": 3, "unfreeze_blocks": unfreeze,
+                    "head_lr": 0.01, "backbone_lr": 0.001}
+        return {"number": number, "strategy": strategy, "objective": max(curve),
+                "curve": curve}
+
+    # Head-only trials look good early; fine-tuners start lower (their warm-up) and end
+    # best once they fine-tune: the pattern an early rung gets wrong.
+    runs = []
+    for i in range(12):
+        if i % 2:
+            runs.append(run(i, 1, [0.5, 0.55, 0.6, 0.62, 0.64, 0.8, 0.9, 0.95 + i / 1000]))
+        else:
+            runs.append(run(i, 0, [0.7 + i / 1000] * 5))
+    old = replay(runs, "median", "old")
+    new = replay(runs, "median", "new")
+    assert old["killed_in_warmup"] > 0 and old["best_killed"]
+    assert new["killed_in_warmup"] == 0 and not new["best_killed"]
+    assert new["epochs_full"] == old["epochs_full"] == 6 * 5 + 6 * 8

@@ -255,3 +255,37 @@ def test_two_workers_with_one_seed_draw_different_start_up_points():
     # Reproducible from the seed: trial 0 of a fresh one-worker study draws the same.
     again = optuna.create_study(sampler=_make_sampler(7)).ask()
     assert again.suggest_float("lr", 1e-4, 1.0, log=True) == draws[0]
+
+
+class _AlwaysPrune:
+    """A pruner that stops every trial the first time it is asked."""
+
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("unfreeze", "stopped_at", "pruning_steps"),
+                         [(0, 1, [1]), (1, 3, [1])])
+def test_a_fine_tuning_trial_meets_the_pruner_only_after_fine_tuning(
+        trial_data, unfreeze, stopped_at, pruning_steps):
+    import optuna
+    from optuna.pruners import BasePruner
+
+    from tlsearch.strategy import Strategy
+    from tlsearch.study import _OptunaReporter, pruning_offset
+    from tlsearch.train import TrialPruned, run_trial
+
+    strategy = Strategy(backbone="tiny_cnn", image_size=32, weights="none", head_epochs=2,
+                        finetune_epochs=3, unfreeze_blocks=unfreeze, head_lr=3e-2,
+                        backbone_lr=3e-3, batch_size=16, head_dropout=0.0, seed=1)
+    pruner = type("AlwaysPrune", (_AlwaysPrune, BasePruner), {})()
+    trial = optuna.create_study(direction="maximize", pruner=pruner).ask()
+    epochs: list[int] = []
+    reporter = _OptunaReporter(trial, lambda info: epochs.append(info["step"]),
+                               offset=pruning_offset(strategy))
+    with pytest.raises(TrialPruned):
+        run_trial(strategy, trial_data, reporter)
+    # Head-only: judged after its first epoch. Fine-tuning: its two warm-up epochs are
+    # not shown to the pruner; it is judged after its first fine-tuning epoch (step 3).
+    assert epochs[-1] == stopped_at
+    assert sorted(trial.storage.get_trial(trial._trial_id).intermediate_values) == pruning_steps

@@ -323,7 +323,7 @@ def open_study(config: SearchConfig, *, create: bool = True) -> StudyHandle:
     try:
         study = optuna.load_study(study_name=config.study, storage=storage,
                                   sampler=_make_sampler(config.seed),
-                                  pruner=_make_pruner(config.pruner, _max_steps(space)))
+                                  pruner=_make_pruner(config.pruner, _max_pruning_steps(space)))
         saved = study.user_attrs.get("space_fingerprint")
         if saved and saved != space.fingerprint() and not config.force:
             raise SearchError(
@@ -341,7 +341,7 @@ def open_study(config: SearchConfig, *, create: bool = True) -> StudyHandle:
             raise SearchError(f"no study named {config.study!r} in {study_dir}") from None
         study = optuna.create_study(study_name=config.study, storage=storage,
                                     direction="maximize", sampler=_make_sampler(config.seed),
-                                    pruner=_make_pruner(config.pruner, _max_steps(space)))
+                                    pruner=_make_pruner(config.pruner, _max_pruning_steps(space)))
         study.set_user_attr("space_fingerprint", space.fingerprint())
         study.set_user_attr("metric", metric)
         study.set_user_attr("tlsearch_version", __import__("tlsearch").__version__)
@@ -368,6 +368,12 @@ def _space_high(space: Any, name: str, default: int) -> int:
 
 def _max_steps(space: Any) -> int:
     return _space_high(space, "head_epochs", 3) + _space_high(space, "finetune_epochs", 3)
+
+
+def _max_pruning_steps(space: Any) -> int:
+    """The most steps a trial reports to the pruner (`pruning_offset`): a head-only
+    trial's epochs or a fine-tuning trial's fine-tuning epochs."""
+    return max(_space_high(space, "head_epochs", 3), _space_high(space, "finetune_epochs", 3))
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -544,22 +550,37 @@ class _Heartbeat:
         self._thread.join()
 
 
+def pruning_offset(strategy: Any) -> int:
+    """Epochs of a trial the pruner does not see: a fine-tuning strategy's head warm-up.
+
+    The pruner judges what a strategy is. Its warm-up epochs train the same head on the
+    same frozen features as every head-only trial, so judged there (Hyperband's first
+    rungs fall inside a 5-epoch warm-up) unfreeze depth, BatchNorm mode and backbone
+    learning rate would never decide who survives. A fine-tuning trial therefore reports
+    its fine-tuning epochs as pruning steps 1, 2, ...; a head-only trial its epochs.
+    """
+    return strategy.head_epochs if strategy.fine_tunes else 0
+
+
 class _OptunaReporter:
     def __init__(self, trial: Any, on_epoch: Callable[[dict], None] | None,
-                 prunable: bool = True, crash_with: str | None = None):
+                 prunable: bool = True, crash_with: str | None = None, offset: int = 0):
         self.trial, self.on_epoch, self.prunable = trial, on_epoch, prunable
-        self.crash_with = crash_with
+        self.crash_with, self.offset = crash_with, offset
+        self.reported = False
 
     def report(self, value: float, step: int) -> None:
         if self.crash_with:  # test hook: die natively mid-trial, after a checkpoint
             _crash(self.crash_with)
-        self.trial.report(value, step)
+        if step > self.offset:  # see `pruning_offset`
+            self.trial.report(value, step - self.offset)
+            self.reported = True
         if self.on_epoch:
             self.on_epoch({"trial": self.trial.number, "step": step, "value": value})
 
     def should_stop(self) -> bool:
         # Baselines are the yardstick: they run their whole recipe.
-        return self.prunable and self.trial.should_prune()
+        return self.prunable and self.reported and self.trial.should_prune()
 
 
 def _crash(how: str) -> None:
@@ -951,9 +972,11 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
                              "finished": _finished_count(study), "total": config.trials,
                              "retry_of": attrs.get("retry_of"),
                              "baseline": attrs.get("baseline")})
+        trial.set_user_attr("pruning_offset", pruning_offset(strategy))
         reporter = _OptunaReporter(trial, lambda info: emit("epoch", info),
                                    prunable=not attrs.get("baseline"),
-                                   crash_with=_crash_hook(crash_trials, trial.number, attrs))
+                                   crash_with=_crash_hook(crash_trials, trial.number, attrs),
+                                   offset=pruning_offset(strategy))
         try:
             with _Heartbeat(trial, tdir / "heartbeat", beat_every):
                 result = run_trial(strategy, data, reporter, checkpoint_dir=tdir / "checkpoint",
