@@ -213,8 +213,9 @@ def test_keras_snippet_compiles_for_every_remedy():
 
 
 @pytest.mark.parametrize("extra", [dict(imbalance="class_weight"),
-                                   dict(head_init="random", head_hidden_units=8)],
-                         ids=["solve", "random-hidden"])
+                                   dict(head_init="random", head_hidden_units=8,
+                                        bn_mode="adapt")],
+                         ids=["solve", "random-hidden-adapt"])
 def test_keras_snippet_runs_and_starts_from_the_solve(tmp_path, extra):
     """The generated script is real code: it trains, solves the head, saves a model."""
     import subprocess
@@ -237,3 +238,4 @@ def test_keras_snippet_runs_and_starts_from_the_solve(tmp_path, extra):
     assert (tmp_path / "model.keras").is_file()
     assert ("LogisticRegression" in code) == (s.head_init == "solve")
     assert "best validation balanced accuracy" in out.stdout
+    assert ("reestimate_batchnorm()" in code) == (s.bn_mode == "adapt")

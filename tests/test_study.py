@@ -182,6 +182,9 @@ def test_baselines_run_first_once_each_marked_and_unpruned(setup):
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 7
     html = build_report(config.study_dir, tmp_path / "r.html").read_text()
     assert 'id="baselines"' in html and "keras.io guide" in html
+    # Each recipe's source and where it departs from it are named.
+    assert 'href="https://keras.io/guides/transfer_learning/"' in html
+    assert "recompiles everything at 1e-5" in html and "fastai: 2e-3 in the frozen epoch" in html
 
 
 def test_ranking_and_keep_top_backbones_restrict_the_search(tmp_path):

@@ -254,3 +254,32 @@ def test_a_replay_selects_nothing_on_validation(trial_data):
         assert run.extra["head_solve"]["C"] == replay.head_C
     weights = [r.model.get_weights() for r in runs]
     assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_adapt_statistics_describe_the_final_weights(trial_data):
+    """Under `adapt`, the moving statistics a model is evaluated and exported with are
+    those of its final weights on the training images, not a momentum-0.99 blend."""
+    import keras
+
+    from tlsearch.backbones import get_spec
+    from tlsearch.model import preprocessing_layers
+
+    # A random head, so that the kept weights are a trained epoch's (a solved head
+    # starts as a candidate with the backbone's own statistics, step 0).
+    strategy = _strategy(bn_mode="adapt", head_epochs=1, finetune_epochs=2, unfreeze_blocks=-1,
+                         head_init="random")
+    result = run_trial(strategy, trial_data)
+    assert result.timings["bn_reestimate"] > 0 and result.metrics["best_step"] > 0
+    backbone = next(layer for layer in result.model.layers if layer.name == "tiny_cnn")
+    probe = keras.Model(backbone.input, backbone.get_layer("stem_conv").output)
+    x = trial_data.images("train", 32).astype(np.float32)
+    for layer in preprocessing_layers(get_spec("tiny_cnn").family):
+        x = layer(x)
+    first_bn_input = np.asarray(probe(x, training=False))
+    expected_mean = first_bn_input.mean(axis=(0, 1, 2))
+    got = np.asarray(backbone.get_layer("stem_bn").moving_mean)
+    assert np.allclose(got, expected_mean, atol=1e-4 + 1e-3 * np.abs(expected_mean).max())
+    # The recorded validation score is what the exported model scores.
+    probs = np.asarray(result.model.predict(trial_data.images("val", 32).astype(np.float32),
+                                            verbose=0))
+    assert np.abs(probs - result.val_probabilities).max() < 1e-4

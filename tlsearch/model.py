@@ -10,7 +10,10 @@ BatchNorm modes (the seeds' hardest lesson, made explicit):
   * `affine`: gamma/beta of the unfrozen blocks learn, moving statistics stay;
   * `adapt`: every BN layer of the backbone uses batch statistics while training
     (moving statistics update), so the prefix is no longer a fixed function and
-    cannot be cached.
+    cannot be cached. After every epoch the moving statistics are re-estimated on the
+    clean training images (`reestimate_batchnorm`), so the statistics a model is
+    evaluated and exported with describe its current weights, not an average over
+    the weights of the last hundred steps (Keras's momentum 0.99).
 The backbone is always called with an explicit `training=`: False in the deployable
 model, and `bn_mode == "adapt"` in the training graphs.
 """
@@ -198,6 +201,35 @@ class TransferModel:
                 op.trainable = mode == "adapt" or (in_suffix and mode == "affine")
             else:
                 op.trainable = in_suffix
+
+    def reestimate_batchnorm(self, images: np.ndarray, batch_size: int = 64) -> None:
+        """Replace every backbone BN layer's moving statistics by their average over
+        `images` under the current weights (as `torch.optim.swa_utils.update_bn`).
+
+        Batches run eagerly in training mode with the momentum set per batch to
+        seen / (seen + batch), which makes the moving mean and variance the
+        size-weighted average of the batch statistics.
+        """
+        bns = [op for op in self.backbone.operations if _is_bn(op)]
+        saved = [(bn.momentum, bn.trainable) for bn in bns]
+        for bn in bns:
+            bn.trainable = True  # a non-trainable Keras BN ignores training=True
+            bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, dtype="float32"))
+            bn.moving_variance.assign(np.ones(bn.moving_variance.shape, dtype="float32"))
+        seen = 0
+        try:
+            for start in range(0, len(images), batch_size):
+                batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
+                for bn in bns:
+                    bn.momentum = seen / (seen + len(batch))
+                x = batch
+                for layer in self.preprocess:
+                    x = layer(x)
+                self.backbone(x, training=True)
+                seen += len(batch)
+        finally:
+            for bn, (momentum, trainable) in zip(bns, saved, strict=True):
+                bn.momentum, bn.trainable = momentum, trainable
 
     # -- graphs ----------------------------------------------------------------------
 

@@ -587,6 +587,11 @@ class _Engine:
                 if not math.isfinite(train_loss):
                     raise TrialFailed("nan_loss", f"training loss became {train_loss} at "
                                                   f"step {global_step} ({phase.name})")
+                if s.bn_mode == "adapt":  # statistics of these weights, not of a blend
+                    t0 = time.perf_counter()
+                    self.tm.reestimate_batchnorm(self.train_images)
+                    self.timings["bn_reestimate"] = (self.timings.get("bn_reestimate", 0.0)
+                                                     + time.perf_counter() - t0)
                 if self.replay is not None:  # nothing to select, so nothing to evaluate
                     self.history.append({
                         "step": global_step, "phase": phase.name, "phase_index": phase_index,

@@ -443,6 +443,27 @@ def _phase_plan(s: dict[str, Any], n_blocks: int) -> list[tuple[int, int]]:
     return [(p.blocks, p.epochs) for p in _phases(Strategy.from_dict(s), n_blocks)]
 
 
+_BN_REESTIMATE = '''def reestimate_batchnorm():
+    """Adapt mode: moving statistics = the average batch statistics of the current
+    weights on the clean training images (momentum set per batch), not a blend of the
+    last hundred steps' weights."""
+    norms = [layer for layer in base.layers if isinstance(layer, layers.BatchNormalization)]
+    for bn in norms:
+        bn.moving_mean.assign(tf.zeros_like(bn.moving_mean))
+        bn.moving_variance.assign(tf.ones_like(bn.moving_variance))
+    seen = 0
+    for x, _ in train_ds:
+        for bn in norms:
+            bn.momentum = seen / (seen + len(x))
+        for layer in preprocess:
+            x = layer(x)
+        base(x, training=True)
+        seen += len(x)
+
+
+'''
+
+
 def _solve_snippet(s: dict[str, Any]) -> str:
     """The head's starting point in the standalone script (`tlsearch.head`)."""
     if s.get("head_init", "solve") != "solve":
@@ -605,6 +626,9 @@ def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: 
         "plateau": "    return plateau  # halved after every epoch without improvement",
         "constant": "    return 1.0",
     }[s["schedule"]]
+    adapt = s["bn_mode"] == "adapt"
+    bn_reestimate = _BN_REESTIMATE if adapt else ""
+    bn_call = "        reestimate_batchnorm()\n" if adapt else ""
     lines = f'''{header}
 #   plain Keras 3 (TensorFlow backend), keras.applications and built-in layers only.
 # The split differs from the study's (image_dataset_from_directory's own), and the
@@ -666,7 +690,7 @@ def forward(x, training):
     return head(x, training=training)
 
 
-def lr_factor(epoch, epochs, plateau):
+{bn_reestimate}def lr_factor(epoch, epochs, plateau):
     """Multiplier of a phase's learning rates: {s["schedule"]} schedule"""
     warmup = {s["warmup_epochs"]}  # warm-up epochs at the start of each phase
     if warmup and epoch < warmup:
@@ -738,7 +762,7 @@ best_score, best_weights, plateau = -1.0, None, 1.0
                 opt_backbone.apply_gradients(
                     zip(grads[:len(backbone_vars)], backbone_vars, strict=True))
             opt_head.apply_gradients(zip(grads[len(backbone_vars):], head_vars, strict=True))
-        score = balanced_accuracy()
+{bn_call}        score = balanced_accuracy()
         print(f"blocks={{blocks}} epoch={{epoch}} loss={{float(loss):.4f}} val={{score:.3f}}")
         if score > best_score:  # keep the best epoch's weights, as tlsearch does
             best_score = score
@@ -1384,13 +1408,17 @@ def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
     from tlsearch.baselines import BASELINES
 
     titles = {b.name: b.title for b in BASELINES}
+    recipes = {b.name: b for b in BASELINES}
     rows = []
     for t in trials:
         name = t["baseline"]
         if not name or t["state"] in ("waiting",) or (
                 t["failure_reason"] in NOT_THE_RECIPE and t["state"] == "failed"):
             continue
+        recipe = recipes.get(name)
         row = {"name": display(name), "title": titles.get(name, display(name)),
+               "source": recipe.source if recipe else "",
+               "deviations": recipe.deviations if recipe else "",
                "number": t["number"], "state": t["state"], "value": t["value"],
                "seconds": t["seconds"], "gain_points": None, "time_ratio": None,
                "is_best": best is not None and best["number"] == t["number"],
