@@ -183,3 +183,28 @@ def test_test_fraction_flag_gives_a_held_out_score_everywhere(tmp_path):
     result = CliRunner().invoke(app, ["export", "tf", "--out", str(tmp_path / "x"), *studies])
     assert result.exit_code == 0, result.output
     assert "Held-out test (12 images" in (tmp_path / "x" / "MODEL_CARD.md").read_text()
+
+
+def test_a_search_prints_no_library_chatter(tmp_path):
+    """TensorFlow, absl, oneDNN, CUDA and Keras warnings never reach the terminal: the
+    CLI runs in a clean environment (none of the TF_* settings tests inherit)."""
+    import os
+    import re
+
+    from tests.conftest import write_colour_dataset
+    from tests.test_study import TINY_SPACE
+
+    write_colour_dataset(tmp_path / "data", {"red": 10, "green": 10})
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TF_", "TLSEARCH_", "PYTHONWARNINGS"))}
+    env["TLSEARCH_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run(
+        [sys.executable, "-m", "tlsearch.cli", "search", "data", "--space", "tiny.yaml",
+         "--weights", "none", "--trials", "1", "--no-baselines", "--study", "q"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    chatter = re.compile(r"absl|oneDNN|onednn|cuda|cuInit|Warning|WARNING|I0000|E0000|"
+                         r"tensorflow/|Traceback")
+    noisy = [line for line in (done.stdout + done.stderr).splitlines() if chatter.search(line)]
+    assert not noisy, noisy
