@@ -40,7 +40,10 @@ def test_single_image_predictions_equal_validation_predictions(searched):
     export = json.loads((tmp / "model" / "export.json").read_text())
     result = json.loads((tmp / "studies" / "e" / "trials" / f"{export['trial']:04d}"
                          / "result.json").read_text())
-    recorded = np.asarray(result["val_probabilities"])
+    from tlsearch.calibration import calibrate
+
+    # The export is temperature-scaled: what validation saw, divided by the same T.
+    recorded = calibrate(np.asarray(result["val_probabilities"]), export["temperature"])
     split = json.loads((tmp / "studies" / "e" / "split.json").read_text())
     runner = CliRunner()
     for (path, _), expected in zip(split["val"], recorded, strict=True):

@@ -528,6 +528,9 @@ def export(
                                              "train+val: retrain on both splits.")] = Retrain.none,
     tflite: Annotated[bool, typer.Option(help="Also write TFLite models (float32 and "
                                          "dynamic-range quantized) and check agreement.")] = False,
+    calibrate: Annotated[bool, typer.Option(
+        help="Temperature-scale the probabilities (T fitted on validation; classes never "
+             "change).")] = True,
     studies: Annotated[Path, typer.Option(
         help="Folder that holds study folders.")] = Path("studies"),
 ) -> None:
@@ -537,7 +540,7 @@ def export(
     _quiet_libraries()
     with one_line_errors():
         summary = export_trial(studies / study, out, trial=trial, retrain=retrain.value,
-                               tflite=tflite)
+                               tflite=tflite, calibrate=calibrate)
     console.print(f"Exported trial #{summary['trial']} to [bold]{escape(str(out))}[/] "
                   f"(model.keras, labels.json, strategy.json, MODEL_CARD.md).")
     for name, check in summary.get("tflite", {}).items():

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -89,7 +88,8 @@ def _pick_trial(handle: Any, trial: int | None) -> Any:
 
 
 def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
-                 retrain: str = "none", tflite: bool = False) -> dict[str, Any]:
+                 retrain: str = "none", tflite: bool = False,
+                 calibrate: bool = True) -> dict[str, Any]:
     """Write the recommended (or chosen) trial's model and its contract to `out`.
 
     Args:
@@ -98,6 +98,8 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
             the trial's recorded epochs and head C, selecting nothing.
         tflite: also write float32 and dynamic-range quantized TFLite models and check
             they agree with the Keras model.
+        calibrate: temperature-scale the probabilities (`tlsearch.calibration`), with
+            the temperature fitted on the trial's validation predictions.
     Returns:
         A summary dict (paths, trial, metrics, TFLite agreement).
     """
@@ -121,18 +123,22 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
             raise ExportError(
                 f"trial {chosen.number} kept no final weights (only the best few trials do); "
                 "export it with --retrain train+val")
-        load_model_safely(source)  # refuse anything unsafe before copying it out
-        tmp = out / f".{MODEL_FILE}.tmp"
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, out / MODEL_FILE)
+        model = load_model_safely(source)  # refuse anything unsafe before writing it out
         trained_on = "train split"
     else:
         model = _retrain(strategy, split, config, handle.trial_dir(chosen.number))
-        tmp = out / f".{os.getpid()}.tmp.keras"
-        model.save(tmp)
-        os.replace(tmp, out / MODEL_FILE)
         trained_on = ("train + validation splits, for the trial's recorded epochs, selecting "
                       "nothing (validation metrics below are from the search)")
+    from tlsearch.holdout import temperature_of
+
+    temperature = temperature_of(handle.trial_dir(chosen.number), split) if calibrate else None
+    if temperature is not None:
+        from tlsearch.calibration import scale_head
+
+        scale_head(model, temperature)
+    tmp = out / f".{os.getpid()}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, out / MODEL_FILE)
     labels = list(split.classes)
     _write_text(out / "labels.json", json.dumps(labels, indent=1, ensure_ascii=True))
     _write_text(out / "strategy.json", strategy.to_json())
@@ -142,7 +148,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         "fingerprint": split.fingerprint, "image_size": strategy.image_size,
         "resize_method": RESIZE_METHOD, "trained_on": trained_on, "weights": strategy.weights,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "path": str(out),
+        "path": str(out), "temperature": temperature,
     }
     from tlsearch.holdout import HOLDOUT_ATTR, score_of
 
@@ -150,6 +156,9 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     if scored and retrain == "none":  # a retrained model is another model: not scored
         summary["test"] = {k: scored[k] for k in ("value", "low", "high", "metrics")}
         summary["n_test"] = handle.study.user_attrs["holdout"]["n_test"]
+        if temperature is not None and scored.get("calibration"):
+            summary["calibration"] = {k: scored["calibration"][k]
+                                      for k in ("ece_before", "ece_after", "bins")}
     if tflite:
         summary["tflite"] = _export_tflite(out, strategy, split, config)
     _write_text(out / "export.json", json.dumps(summary, indent=2, default=str))
@@ -218,6 +227,19 @@ def _export_tflite(out: Path, strategy: Any, split: Any, config: Any) -> dict[st
     return report
 
 
+def _calibration_line(summary: dict[str, Any]) -> str:
+    t = summary.get("temperature")
+    if t is None:
+        return "- Probabilities: the softmax as trained (not calibrated)"
+    line = (f"- Probabilities: temperature-scaled, T = {t:.3f}, fitted on the validation "
+            "predictions (the final layer's weights are divided by T; no class changes)")
+    cal = summary.get("calibration")
+    if cal:
+        line += (f"; expected calibration error on the held-out test ({cal['bins']} bins): "
+                 f"{cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after")
+    return line
+
+
 def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -> str:
     metrics = summary["metrics"]
     lines = [
@@ -234,6 +256,7 @@ def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -
              summary["test"]["high"]))
         if "test" in summary else "- Held-out test: none (the study has no test split, or "
         "the model was retrained)",
+        _calibration_line(summary),
         f"- Data fingerprint: {summary['fingerprint']}",
         f"- Exported: {summary['exported']}",
         f"- Classes ({len(labels)}): see labels.json (index -> name)",

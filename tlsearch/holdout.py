@@ -6,6 +6,10 @@ the recommended trial and each baseline recipe predict the test images once, thr
 the same decoding and saved model as `tlsearch predict`, and the scores are stored in
 the study. A later run scores only what is new (a changed recommendation after a
 resume), so the test split is never consulted to choose anything.
+
+The recommended trial's probabilities are also calibrated (`tlsearch.calibration`):
+the temperature is fitted on its recorded validation predictions, and the test split
+measures the expected calibration error before and after.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HOLDOUT_ATTR", "holdout_scores", "score_holdout", "score_of"]
+__all__ = ["HOLDOUT_ATTR", "holdout_scores", "score_holdout", "score_of", "temperature_of"]
 
 #: Study user attribute holding the scores: {"n_test", "metric", "scores": {trial: {...}}}.
 HOLDOUT_ATTR = "holdout"
@@ -30,6 +34,35 @@ def holdout_scores(handle: Any) -> dict[str, Any]:
 def score_of(record: dict[str, Any] | None, number: int) -> dict[str, Any] | None:
     """One trial's stored test score (value, low, high, metrics, baseline), or None."""
     return ((record or {}).get("scores") or {}).get(str(number))
+
+
+def temperature_of(trial_dir: Path, split: Any) -> float | None:
+    """The trial's temperature, fitted on its recorded validation predictions (None when
+    it recorded none that match the split)."""
+    import json
+
+    from tlsearch.calibration import fit_temperature
+
+    try:
+        probs = np.asarray(json.loads((trial_dir / "result.json").read_text())
+                           ["val_probabilities"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    labels = split.labels("val")
+    if probs.ndim != 2 or len(probs) != len(labels):
+        return None
+    return fit_temperature(probs, labels)
+
+
+def _calibration(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, Any]:
+    from tlsearch.calibration import calibrate, expected_calibration_error, reliability
+
+    after = calibrate(probs, temperature)
+    return {"temperature": temperature, "bins": 15,
+            "ece_before": expected_calibration_error(probs, labels),
+            "ece_after": expected_calibration_error(after, labels),
+            "reliability_before": reliability(probs, labels).to_dict(),
+            "reliability_after": reliability(after, labels).to_dict()}
 
 
 def _predict(model_path: Path, paths: list[Path], size: int) -> np.ndarray:
@@ -84,6 +117,9 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
             "metrics": {k: metrics[k] for k in ("balanced_accuracy", "accuracy", "macro_f1")},
             "model_mtime_ns": stamp,
         }
+        temperature = temperature_of(handle.trial_dir(number), split)
+        if temperature is not None:
+            scores[str(number)]["calibration"] = _calibration(probs, labels, temperature)
     record = {"n_test": len(paths), "metric": metric, "scores": scores,
               "recommended": best["number"] if best else None}
     handle.study.set_user_attr(HOLDOUT_ATTR, record)

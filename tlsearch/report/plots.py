@@ -271,6 +271,31 @@ def confusion_figure(classes: list[str], matrix: list[list[int]]) -> Markup:
     return _svg(fig)
 
 
+def calibration_figure(calibration: dict[str, Any]) -> Markup:
+    """Reliability diagram on the test split: accuracy against confidence per bin,
+    before and after temperature scaling; the diagonal is perfect calibration."""
+    fig, axes = _figure(3.2, cols=2, sharey=True)
+    titles = {}
+    for col, (key, title) in enumerate((("reliability_before", "as trained"),
+                                        ("reliability_after", "temperature-scaled"))):
+        ax = axes[0][col]
+        table = calibration[key]
+        ax.plot([0, 1], [0, 1], ":", color=_GREY)
+        gid = f"pts-calibration-{col}"
+        _scatter(ax, table["confidence"], table["accuracy"], gid,
+                 s=[12 + 4 * n for n in table["count"]], color=_BLUE if col else _ORANGE,
+                 edgecolors="#1e3a8a", linewidths=0.5, zorder=3)
+        titles[gid] = [f"{n} images: {c:.0%} confident, {a:.0%} right" for c, a, n in zip(
+            table["confidence"], table["accuracy"], table["count"], strict=True)]
+        ece = calibration["ece_before" if col == 0 else "ece_after"]
+        ax.set_title(f"{title}: calibration error {ece:.1%}")
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+    axes[0][0].set_ylabel("accuracy on test")
+    return _svg(fig, titles)
+
+
 def cost_figure(cost: dict[str, Any], metric_label: str) -> Markup | None:
     """Objective against training time and CPU latency, Pareto front marked."""
     panels = [("time", "time_front", "trial time (s)"),
@@ -323,6 +348,9 @@ def _figures(context: dict[str, Any]) -> dict[str, Markup]:
         "curves": lambda: curves_figure(context["curves"]),
         "cost": lambda: cost_figure(context["cost"], metric_label),
     }
+    test = (context.get("recommendation") or {}).get("test") or {}
+    if test.get("calibration"):
+        candidates["calibration"] = lambda: calibration_figure(test["calibration"])
     best_model = context.get("best_model")
     if best_model and best_model.get("confusion"):
         candidates["confusion"] = lambda: confusion_figure(best_model["classes"],
