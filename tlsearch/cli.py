@@ -531,6 +531,9 @@ def export(
     calibrate: Annotated[bool, typer.Option(
         help="Temperature-scale the probabilities (T fitted on validation; classes never "
              "change).")] = True,
+    tta: Annotated[bool, typer.Option(
+        help="Adopt test-time augmentation (flip, zoom) if it beats one view on "
+             "validation.")] = True,
     studies: Annotated[Path, typer.Option(
         help="Folder that holds study folders.")] = Path("studies"),
 ) -> None:
@@ -540,7 +543,7 @@ def export(
     _quiet_libraries()
     with one_line_errors():
         summary = export_trial(studies / study, out, trial=trial, retrain=retrain.value,
-                               tflite=tflite, calibrate=calibrate)
+                               tflite=tflite, calibrate=calibrate, tta=tta)
     console.print(f"Exported trial #{summary['trial']} to [bold]{escape(str(out))}[/] "
                   f"(model.keras, labels.json, strategy.json, MODEL_CARD.md).")
     for name, check in summary.get("tflite", {}).items():
@@ -556,6 +559,9 @@ def predict(
     fmt: Annotated[OutputFormat, typer.Option(
         "--format", help="Output format.")] = OutputFormat.table,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
+    tta: Annotated[bool, typer.Option(
+        help="Average over the test-time views the export adopted (--no-tta: one view).")
+    ] = True,
 ) -> None:
     """Predict images with an exported model, decoding them exactly as training did."""
     from rich.progress import Progress
@@ -573,6 +579,8 @@ def predict(
         raise fail(f"no such file or folder: {missing[0]}")
     with one_line_errors():
         exported = load_exported(model_dir)
+    if not tta:
+        exported.views = ("identity",)
     paths = list(iter_image_paths(inputs))
     with Progress(console=err_console, transient=True,
                   disable=not err_console.is_terminal) as bar:

@@ -89,7 +89,7 @@ def _pick_trial(handle: Any, trial: int | None) -> Any:
 
 def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
                  retrain: str = "none", tflite: bool = False,
-                 calibrate: bool = True) -> dict[str, Any]:
+                 calibrate: bool = True, tta: bool = True) -> dict[str, Any]:
     """Write the recommended (or chosen) trial's model and its contract to `out`.
 
     Args:
@@ -100,6 +100,8 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
             they agree with the Keras model.
         calibrate: temperature-scale the probabilities (`tlsearch.calibration`), with
             the temperature fitted on the trial's validation predictions.
+        tta: adopt test-time augmentation (`tlsearch.tta`) if it beats a single view
+            on validation (never after `train+val`, which trained on those images).
     Returns:
         A summary dict (paths, trial, metrics, TFLite agreement).
     """
@@ -149,6 +151,8 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         "resize_method": RESIZE_METHOD, "trained_on": trained_on, "weights": strategy.weights,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "path": str(out), "temperature": temperature,
+        "tta": _choose_tta(model, strategy, split, config, handle) if tta and retrain == "none"
+        else {"views": ["identity"], "val_plain": None, "val_tta": None, "candidates": []},
     }
     from tlsearch.holdout import HOLDOUT_ATTR, score_of
 
@@ -164,6 +168,19 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     _write_text(out / "export.json", json.dumps(summary, indent=2, default=str))
     _write_text(out / "MODEL_CARD.md", _model_card(summary, strategy, labels))
     return summary
+
+
+def _choose_tta(model: Any, strategy: Any, split: Any, config: Any, handle: Any
+                ) -> dict[str, Any]:
+    from tlsearch.data import decode_image
+    from tlsearch.train import compute_metrics
+    from tlsearch.tta import choose_views
+
+    metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
+    root = Path(config.data_dir)
+    x = np.stack([decode_image(root / p, strategy.image_size) for p in split.paths("val")])
+    return choose_views(model, x, split.labels("val"), strategy.augmentation,
+                        lambda y, probs: compute_metrics(y, probs, split.classes)[metric])
 
 
 def _retrain(strategy: Any, split: Any, config: Any, trial_dir: Path) -> Any:
@@ -227,6 +244,18 @@ def _export_tflite(out: Path, strategy: Any, split: Any, config: Any) -> dict[st
     return report
 
 
+def _tta_line(tta: dict[str, Any]) -> str:
+    if tta["val_tta"] is None:
+        return "- Test-time augmentation: none (one view per image)"
+    views = ", ".join(tta["candidates"])
+    if tta["views"] == ["identity"]:
+        return (f"- Test-time augmentation: not adopted ({views} scored {tta['val_tta']:.4f} on "
+                f"validation vs {tta['val_plain']:.4f} for one view)")
+    return (f"- Test-time augmentation: probabilities averaged over {views} "
+            f"({tta['val_tta']:.4f} on validation vs {tta['val_plain']:.4f} for one view; "
+            f"{len(tta['views'])}x the compute per image); `predict --no-tta` for one view")
+
+
 def _calibration_line(summary: dict[str, Any]) -> str:
     t = summary.get("temperature")
     if t is None:
@@ -257,6 +286,7 @@ def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -
         if "test" in summary else "- Held-out test: none (the study has no test split, or "
         "the model was retrained)",
         _calibration_line(summary),
+        _tta_line(summary["tta"]),
         f"- Data fingerprint: {summary['fingerprint']}",
         f"- Exported: {summary['exported']}",
         f"- Classes ({len(labels)}): see labels.json (index -> name)",
@@ -300,6 +330,7 @@ class ExportedModel:
     model: Any
     labels: list[str]
     image_size: int
+    views: tuple[str, ...] = ("identity",)  # test-time augmentation adopted at export
 
 
 def load_exported(model_dir: Path) -> ExportedModel:
@@ -312,8 +343,18 @@ def load_exported(model_dir: Path) -> ExportedModel:
         size = int(json.loads((model_dir / "strategy.json").read_text())["image_size"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"{model_dir}: labels.json or strategy.json is invalid ({exc})") from None
+    from tlsearch.tta import VIEWS
+
+    views: tuple[str, ...] = ("identity",)
+    try:
+        views = tuple(json.loads((model_dir / "export.json").read_text())["tta"]["views"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # an export from before test-time augmentation: one view
+    if not views or any(v not in VIEWS for v in views):
+        raise ExportError(f"{model_dir}/export.json names unknown test-time views {views}")
     model = load_model_safely(model_dir / MODEL_FILE)
-    return ExportedModel(model=model, labels=[str(x) for x in labels], image_size=size)
+    return ExportedModel(model=model, labels=[str(x) for x in labels], image_size=size,
+                         views=views)
 
 
 def iter_image_paths(inputs: Sequence[Path]) -> Iterator[Path]:
@@ -339,8 +380,10 @@ def predict_paths(exported: ExportedModel, paths: Sequence[Path], *, top_k: int 
     pending: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> Iterator[Prediction]:
-        x = np.stack([a for _, a in pending]).astype(np.float32)
-        probs = np.asarray(exported.model(x, training=False), dtype=np.float64)
+        from tlsearch.tta import tta_probabilities
+
+        x = np.stack([a for _, a in pending])
+        probs = tta_probabilities(exported.model, x, exported.views, batch_size=len(x))
         for (path, _), row in zip(pending, probs, strict=True):
             order = np.argsort(-row)[:k]
             yield Prediction(str(path), tuple((exported.labels[i], float(row[i])) for i in order),
