@@ -13,7 +13,13 @@ scikit-image's faces vs non-faces (`lfw_subset`, 200 real photographs):
 3. scikit-learn's StandardScaler + LogisticRegression on raw pixels (32 px, grey), and
    the same on the recommended backbone's frozen pooled ImageNet features (issue #24's
    floor), both fitted on the study's own train split and scored on its test split.
-Every number comes from one split per seed, the one the study saved. The gap between
+   The linear-probe recipe is also set beside the same scikit-learn probe on *its* own
+   backbone (the top-ranked one the baselines run on): like with like (issue #24).
+4. The recommended trial's calibration on test: expected calibration error before and
+   after the temperature fitted on validation (`tlsearch.calibration`).
+Every number comes from one split per seed, the one the study saved. `--workdir DIR`
+reuses the studies of an earlier run there (a finished search re-run does nothing new),
+so the probes can be recomputed without searching again. The gap between
 the recommendation's validation score (what selected it) and its test score is the
 selection optimism (issue #18). Writes benchmarks/RESULTS-transfer.md (textures) or
 benchmarks/RESULTS-transfer-<dataset>.md.
@@ -50,9 +56,20 @@ def _search(data: Path, out: Path, study: str, seed: int, trials: int, extra: li
     test = summary["test"]["scores"]
     best = summary["best"]
     baselines = {row["baseline"]: row["value"] for row in test.values() if row.get("baseline")}
+    probe_trial = next((n for n, row in test.items() if row.get("baseline") == "linear_probe"),
+                       None)
+    probe_strategy = None
+    if probe_trial is not None:
+        result = json.loads((out / study / "trials" / f"{int(probe_trial):04d}" /
+                             "result.json").read_text())
+        probe_strategy = result["strategy"]
+    calibration = test[str(best["number"])].get("calibration") or {}
     return {"seconds": seconds, "best": best["number"], "strategy": best["strategy"],
             "val": best["value"], "test": test[str(best["number"])]["value"],
-            "baselines": baselines, "n_test": summary["test"]["n_test"]}
+            "baselines": baselines, "n_test": summary["test"]["n_test"],
+            "probe_strategy": probe_strategy,
+            "ece": [calibration.get("ece_before"), calibration.get("ece_after")],
+            "temperature": calibration.get("temperature")}
 
 
 def _probes(data: Path, study_dir: Path, backbone: str, size: int) -> dict:
@@ -90,15 +107,24 @@ def _probes(data: Path, study_dir: Path, backbone: str, size: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=DATASETS, default="textures")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="reuse the data and studies of an earlier run in this folder")
     args = parser.parse_args()
 
-    from tlsearch.demo import write_demo_data
+    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="tlsearch-transfer-"))
+    data = tmp / ("demo" if args.dataset == "textures" else args.dataset)
+    if not data.is_dir():  # a reused workdir keeps its files (their fingerprint)
+        if args.dataset == "textures":
+            from tlsearch.demo import write_demo_data
 
-    tmp = Path(tempfile.mkdtemp(prefix="tlsearch-transfer-"))
-    data = tmp / "demo"
-    write_demo_data(data, kind="textures")
+            write_demo_data(data, kind="textures")
+        else:
+            from benchmarks.peers import write_dataset
+
+            write_dataset(args.dataset, tmp)
     out = tmp / "studies"
     rows = []
     for seed in args.seeds:
@@ -106,6 +132,12 @@ def main() -> None:
         rand = _search(data, out, f"none-{seed}", seed, args.trials, ["--weights", "none"])
         s = real["strategy"]
         probes = _probes(data, out / f"imagenet-{seed}", s["backbone"], s["image_size"])
+        p = real["probe_strategy"]
+        if p and (p["backbone"], p["image_size"]) != (s["backbone"], s["image_size"]):
+            probes["features_of_probe_backbone"] = _probes(
+                data, out / f"imagenet-{seed}", p["backbone"], p["image_size"])["features"]
+        else:
+            probes["features_of_probe_backbone"] = probes["features"]
         row = {"seed": seed, "real": real, "rand": rand, **probes}
         rows.append(row)
         print(json.dumps(row, default=str), flush=True)
@@ -134,6 +166,24 @@ def main() -> None:
             f"{b.get('keras_io', float('nan')):.3f} | {b.get('fastai_fine_tune', float('nan')):.3f}"
             f" | {b.get('linear_probe', float('nan')):.3f} | {r['rand']['test']:.3f} | "
             f"{r['pixels']:.3f} | {r['features']:.3f} | {r['real']['seconds'] / 60:.1f} |")
+    lines += ["", "Like with like (issue #24): the linear-probe recipe (tlsearch's head solve, C "
+              "chosen on validation) against scikit-learn's StandardScaler + LogisticRegression "
+              "(C = 1) on the frozen features of the same backbone and size; and the "
+              "recommendation's calibration on test (expected calibration error, 15 bins, "
+              "before and after the temperature fitted on validation):", "",
+              "| seed | probe backbone | linear-probe recipe | scikit-learn probe, same backbone "
+              "| difference (points) | ECE before | ECE after | T |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["real"]["probe_strategy"] or {}
+        recipe = r["real"]["baselines"].get("linear_probe", float("nan"))
+        ece = [float("nan") if v is None else v for v in r["real"]["ece"]]
+        t = r["real"]["temperature"]
+        lines.append(
+            f"| {r['seed']} | {p.get('backbone')}@{p.get('image_size')} | {recipe:.3f} | "
+            f"{r['features_of_probe_backbone']:.3f} | "
+            f"{100 * (recipe - r['features_of_probe_backbone']):+.1f} | {ece[0]:.3f} | "
+            f"{ece[1]:.3f} | {'—' if t is None else f'{t:.2f}'} |")
     lines += ["", "Recommended strategies:", ""]
     for r in rows:
         s = r["real"]["strategy"]

@@ -106,8 +106,10 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
         if not model.is_file():
             continue  # an old study from before baselines kept their models
         stamp = os.stat(model).st_mtime_ns
-        if scores.get(str(number), {}).get("model_mtime_ns") == stamp:
-            continue  # scored already: the test split is read once per model
+        done = scores.get(str(number), {})
+        if done.get("model_mtime_ns") == stamp and "calibration" in done:
+            continue  # scored already: the test split is read once per model (a score
+            # from before calibration was measured is read again, to measure it)
         size = int(trials[number].user_attrs["strategy"]["image_size"])
         probs = _predict(model, paths, size)
         metrics = compute_metrics(labels, probs, split.classes)
@@ -118,8 +120,8 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
             "model_mtime_ns": stamp,
         }
         temperature = temperature_of(handle.trial_dir(number), split)
-        if temperature is not None:
-            scores[str(number)]["calibration"] = _calibration(probs, labels, temperature)
+        scores[str(number)]["calibration"] = (None if temperature is None
+                                              else _calibration(probs, labels, temperature))
     record = {"n_test": len(paths), "metric": metric, "scores": scores,
               "recommended": best["number"] if best else None}
     handle.study.set_user_attr(HOLDOUT_ATTR, record)
