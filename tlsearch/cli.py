@@ -534,6 +534,9 @@ def export(
     tta: Annotated[bool, typer.Option(
         help="Adopt test-time augmentation (flip, zoom) if it beats one view on "
              "validation.")] = True,
+    soup: Annotated[bool, typer.Option(
+        help="Greedy weight soup of the kept models with the trial's architecture, each "
+             "added only if validation improves.")] = False,
     studies: Annotated[Path, typer.Option(
         help="Folder that holds study folders.")] = Path("studies"),
 ) -> None:
@@ -543,7 +546,7 @@ def export(
     _quiet_libraries()
     with one_line_errors():
         summary = export_trial(studies / study, out, trial=trial, retrain=retrain.value,
-                               tflite=tflite, calibrate=calibrate, tta=tta)
+                               tflite=tflite, calibrate=calibrate, tta=tta, soup=soup)
     console.print(f"Exported trial #{summary['trial']} to [bold]{escape(str(out))}[/] "
                   f"(model.keras, labels.json, strategy.json, MODEL_CARD.md).")
     for name, check in summary.get("tflite", {}).items():

@@ -89,7 +89,8 @@ def _pick_trial(handle: Any, trial: int | None) -> Any:
 
 def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
                  retrain: str = "none", tflite: bool = False,
-                 calibrate: bool = True, tta: bool = True) -> dict[str, Any]:
+                 calibrate: bool = True, tta: bool = True,
+                 soup: bool = False) -> dict[str, Any]:
     """Write the recommended (or chosen) trial's model and its contract to `out`.
 
     Args:
@@ -102,6 +103,8 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
             the temperature fitted on the trial's validation predictions.
         tta: adopt test-time augmentation (`tlsearch.tta`) if it beats a single view
             on validation (never after `train+val`, which trained on those images).
+        soup: greedy weight soup (`tlsearch.soup`) of the kept models with the trial's
+            architecture, each added only if validation improves.
     Returns:
         A summary dict (paths, trial, metrics, TFLite agreement).
     """
@@ -133,7 +136,18 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
                       "nothing (validation metrics below are from the search)")
     from tlsearch.holdout import temperature_of
 
-    temperature = temperature_of(handle.trial_dir(chosen.number), split) if calibrate else None
+    souped = None
+    if soup and retrain == "none":
+        souped = _soup(model, chosen, strategy, split, config, handle)
+    if not calibrate:
+        temperature = None
+    elif souped is not None and len(souped.ingredients) > 1:  # another model: its own T
+        from tlsearch.calibration import fit_temperature
+
+        temperature = fit_temperature(_val_probabilities(model, strategy, split, config),
+                                      split.labels("val"))
+    else:
+        temperature = temperature_of(handle.trial_dir(chosen.number), split)
     if temperature is not None:
         from tlsearch.calibration import scale_head
 
@@ -151,12 +165,15 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         "resize_method": RESIZE_METHOD, "trained_on": trained_on, "weights": strategy.weights,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "path": str(out), "temperature": temperature,
+        "soup": souped.to_dict() if souped is not None else None,
         "tta": _choose_tta(model, strategy, split, config, handle) if tta and retrain == "none"
         else {"views": ["identity"], "val_plain": None, "val_tta": None, "candidates": []},
     }
     from tlsearch.holdout import HOLDOUT_ATTR, score_of
 
     scored = score_of(handle.study.user_attrs.get(HOLDOUT_ATTR), chosen.number)
+    if souped is not None and len(souped.ingredients) > 1:
+        scored = None  # the soup is another model than the scored trial
     if scored and retrain == "none":  # a retrained model is another model: not scored
         summary["test"] = {k: scored[k] for k in ("value", "low", "high", "metrics")}
         summary["n_test"] = handle.study.user_attrs["holdout"]["n_test"]
@@ -168,6 +185,42 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     _write_text(out / "export.json", json.dumps(summary, indent=2, default=str))
     _write_text(out / "MODEL_CARD.md", _model_card(summary, strategy, labels))
     return summary
+
+
+def _val_probabilities(model: Any, strategy: Any, split: Any, config: Any) -> np.ndarray:
+    from tlsearch.data import decode_image
+
+    root = Path(config.data_dir)
+    x = np.stack([decode_image(root / p, strategy.image_size)
+                  for p in split.paths("val")]).astype(np.float32)
+    return np.asarray(model.predict(x, verbose=0, batch_size=64), dtype=np.float64)
+
+
+def _soup(model: Any, chosen: Any, strategy: Any, split: Any, config: Any,
+          handle: Any) -> Any:
+    """Greedy soup into `model`: the chosen trial first, then the other kept models."""
+    from optuna.trial import TrialState
+
+    from tlsearch.soup import greedy_soup
+    from tlsearch.study import MODEL_FILE as STUDY_MODEL
+    from tlsearch.train import compute_metrics
+
+    metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
+    others = sorted((t for t in handle.study.get_trials(deepcopy=False,
+                                                         states=(TrialState.COMPLETE,))
+                     if t.number != chosen.number and t.value is not None
+                     and (handle.trial_dir(t.number) / STUDY_MODEL).is_file()),
+                    key=lambda t: -t.value)
+    candidates = [(chosen.number, handle.trial_dir(chosen.number) / STUDY_MODEL, chosen.value)]
+    candidates += [(t.number, handle.trial_dir(t.number) / STUDY_MODEL, t.value)
+                   for t in others]
+    labels = split.labels("val")
+
+    def score(m: Any) -> float:
+        probs = _val_probabilities(m, strategy, split, config)
+        return float(compute_metrics(labels, probs, split.classes)[metric])
+
+    return greedy_soup(model, candidates, score, load_model_safely)
 
 
 def _choose_tta(model: Any, strategy: Any, split: Any, config: Any, handle: Any
@@ -244,6 +297,18 @@ def _export_tflite(out: Path, strategy: Any, split: Any, config: Any) -> dict[st
     return report
 
 
+def _soup_line(soup: dict[str, Any] | None) -> str:
+    if soup is None:
+        return "- Weights: the trial's own (no soup asked for)"
+    if len(soup["ingredients"]) == 1:
+        return (f"- Weights: the trial's own; a greedy soup tried {len(soup['tried'])} other "
+                "kept model(s) and none improved validation")
+    return (f"- Weights: greedy soup (weight average) of trials "
+            f"{', '.join(f'#{n}' for n in soup['ingredients'])}: {soup['val_score']:.4f} on "
+            f"validation vs {soup['first_val_score']:.4f} for the trial alone (not scored "
+            "on the held-out test: it is not the model the search scored)")
+
+
 def _tta_line(tta: dict[str, Any]) -> str:
     if tta["val_tta"] is None:
         return "- Test-time augmentation: none (one view per image)"
@@ -287,6 +352,7 @@ def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -
         "the model was retrained)",
         _calibration_line(summary),
         _tta_line(summary["tta"]),
+        _soup_line(summary.get("soup")),
         f"- Data fingerprint: {summary['fingerprint']}",
         f"- Exported: {summary['exported']}",
         f"- Classes ({len(labels)}): see labels.json (index -> name)",

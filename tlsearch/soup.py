@@ -1,0 +1,87 @@
+"""Greedy weight soup: average the kept fine-tuned models that share an architecture.
+
+Wortsman et al., ICML 2022 (*Model soups*): models fine-tuned from the same pretrained
+weights can be averaged weight by weight, and the average is often better than any one
+of them at the cost of a single model. The greedy recipe: order the candidates by
+validation score, start from the best, add each next one to the average only if the
+soup's validation score improves. Candidates are the study's trials that kept their
+final weights and whose model has exactly the recommended trial's architecture (same
+weight shapes: backbone, size, head); the held-out test split is never consulted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Soup", "average_weights", "greedy_soup"]
+
+
+@dataclass(frozen=True)
+class Soup:
+    """The ingredients kept (trial numbers, best first) and the validation scores."""
+
+    ingredients: tuple[int, ...]
+    val_score: float
+    first_val_score: float
+    tried: tuple[tuple[int, float], ...] = field(default=())  # (trial, soup score with it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ingredients": list(self.ingredients), "val_score": self.val_score,
+                "first_val_score": self.first_val_score,
+                "tried": [list(t) for t in self.tried]}
+
+
+def average_weights(weights: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
+    """Element-wise mean of several models' weight lists (integer state, such as a
+    random layer's seed, is taken from the first)."""
+    out = []
+    for arrays in zip(*weights, strict=True):
+        first = arrays[0]
+        if np.issubdtype(first.dtype, np.floating):
+            out.append(np.mean(np.stack(arrays), axis=0).astype(first.dtype))
+        else:
+            out.append(first)
+    return out
+
+
+def _same_shapes(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and x.dtype == y.dtype
+                                    for x, y in zip(a, b, strict=True))
+
+
+def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
+                score: Callable[[Any], float], load: Callable[[Path], Any]) -> Soup:
+    """Greedy soup into `model` (left holding the soup's weights).
+
+    Args:
+        model: the first candidate's loaded model; its weights are replaced.
+        candidates: (trial, model file, validation score) in the order to try them:
+            the first is the start (the recommended trial), then best score first.
+        score: validation score of `model` with its current weights.
+        load: loads a candidate model file (safely).
+    """
+    ordered = list(candidates)
+    base = model.get_weights()
+    kept = [base]
+    numbers = [ordered[0][0]]
+    best = first = score(model)
+    tried = []
+    for number, path, _ in ordered[1:]:
+        weights = load(path).get_weights()
+        if not _same_shapes(base, weights):
+            continue  # another architecture cannot be averaged in
+        model.set_weights(average_weights([*kept, weights]))
+        value = score(model)
+        tried.append((number, value))
+        if value > best:
+            kept.append(weights)
+            numbers.append(number)
+            best = value
+    model.set_weights(average_weights(kept))
+    return Soup(ingredients=tuple(numbers), val_score=best, first_val_score=first,
+                tried=tuple(tried))
