@@ -87,7 +87,29 @@ def test_rank_command_prints_the_ranking(colour_data, tmp_path):
     rows = json.loads(result.stdout)
     assert [r["key"] for r in rows] and {r["key"] for r in rows} == {"tiny_cnn@32",
                                                                       "tiny_cnn@48"}
+    assert all({"knn", "hscore", "size"} <= set(r) for r in rows)
     table = CliRunner().invoke(app, base)
-    assert table.exit_code == 0 and "LogME" in table.output
+    assert table.exit_code == 0 and "LogME" in table.output and "k-NN" in table.output
+    by_size = json.loads(CliRunner().invoke(app, base + ["--json", "--ranker", "size"]).stdout)
+    assert [r["key"] for r in by_size] == ["tiny_cnn@48", "tiny_cnn@32"]  # more compute first
     bad = CliRunner().invoke(app, base[:3] + ["--space", "nope"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_rankers_see_class_structure_and_agree_with_outcomes():
+    from tlsearch.cli import Ranker
+    from tlsearch.rank import RANKERS, h_score, knn_accuracy, ranker_agreement
+
+    assert [r.value for r in Ranker] == list(RANKERS)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    separable = rng.normal(size=(60, 8)) + 4 * np.eye(3, 8)[labels]
+    noise = rng.normal(size=(60, 8))
+    assert knn_accuracy(separable, labels) > 0.9 > 0.6 > knn_accuracy(noise, labels)
+    assert h_score(separable, labels) > 2 * h_score(noise, labels)
+    rows = [{"key": k, "logme": v, "knn": v, "hscore": v, "probe_balanced_accuracy": v,
+             "size": -v} for k, v in (("a@1", 3.0), ("b@1", 2.0), ("c@1", 1.0))]
+    agreement = ranker_agreement(rows, {"a@1": 0.9, "b@1": 0.8, "c@1": 0.5})
+    assert agreement["logme"]["tau"] == pytest.approx(1.0) and agreement["logme"]["regret"] == 0.0
+    assert agreement["size"]["tau"] == pytest.approx(-1.0)
+    assert agreement["size"]["regret"] == 0.9 - 0.5

@@ -206,6 +206,13 @@ def test_ranking_and_keep_top_backbones_restrict_the_search(tmp_path):
     sizes = {t.user_attrs["strategy"]["image_size"] for t in study.get_trials()}
     assert sizes == {int(kept[0].split("@")[1])}
     assert sum(k == "rank" for k, _ in events) == 2
+    # --ranker picks the order: by compute, the 48 px pair comes first and is kept.
+    by_size = _config(tmp_path, data, space, trials=1, keep_top_backbones=1, ranker="size",
+                      study="z")
+    run_search(by_size)
+    sized = open_study(by_size, create=False).study
+    assert sized.user_attrs["ranker"] == "size"
+    assert sized.user_attrs["kept_backbones"] == ["tiny_cnn@48"]
 
 
 def test_constraints_limit_the_recommendation(setup):

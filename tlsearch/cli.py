@@ -184,6 +184,14 @@ class KtOracle(str, Enum):
     bayesian = "bayesian"
 
 
+class Ranker(str, Enum):  # the names of tlsearch.rank.RANKERS (a test keeps them equal)
+    logme = "logme"
+    knn = "knn"
+    hscore = "hscore"
+    probe = "probe"
+    size = "size"
+
+
 class Metric(str, Enum):
     balanced_accuracy = "balanced_accuracy"
     accuracy = "accuracy"
@@ -209,38 +217,46 @@ def rank_command(
         file_okay=False, help="Decode and frozen-prefix cache (default ~/.cache/tlsearch).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as JSON.")] = False,
+    ranker: Annotated[Ranker, typer.Option(
+        help="Which score orders the table (every score is shown).")] = Ranker.logme,
 ) -> None:
-    """Rank the space's backbones by LogME on frozen features, without training."""
+    """Rank the space's backbones on frozen features by five rankers, without training."""
     if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
         raise fail(f"--weights {weights!r}: not imagenet, none, auto or an existing file")
     _quiet_libraries()
     with one_line_errors():
-        rows = _rank(data_dir, space, weights, seed, val_fraction, cache_dir)
+        rows = _rank(data_dir, space, weights, seed, val_fraction, cache_dir, ranker.value)
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
         return
-    table = Table(title="Backbones ranked by LogME (higher transfers better)",
+    table = Table(title=f"Backbones ranked by {ranker.value} (higher transfers better)",
                   header_style="bold")
-    for column in ("#", "backbone", "LogME", "probe bal.acc", "features", "weights", "s"):
+    for column in ("#", "backbone", "LogME", "k-NN", "H-score", "probe", "GFLOPs", "s"):
         table.add_column(column)
     for i, r in enumerate(rows, 1):
-        table.add_row(str(i), r.key, f"{r.logme:.4f}", f"{r.probe_balanced_accuracy:.3f}",
-                      str(r.feature_dim), escape(Path(r.weights).name), f"{r.seconds:.1f}")
+        table.add_row(str(i), r.key, f"{r.logme:.4f}", f"{r.knn:.3f}", f"{r.hscore:.2f}",
+                      f"{r.probe_balanced_accuracy:.3f}", f"{r.size:.2g}", f"{r.seconds:.1f}")
     console.print(table)
 
 
 def _rank(data_dir: Path, space: str, weights: str, seed: int, val_fraction: float,
-          cache_dir: Path | None) -> list:
+          cache_dir: Path | None, ranker: str = "logme") -> list:
     from tlsearch.backbones import get_spec, iter_names, resolve_auto_weights
     from tlsearch.data import make_split, scan
+    from tlsearch.duplicates import find_duplicates
     from tlsearch.features import FeatureCache
     from tlsearch.rank import rank_backbones
     from tlsearch.space import load_space
-    from tlsearch.study import SearchError, default_cache_dir
+    from tlsearch.study import SearchConfig, SearchError, _test_fraction, default_cache_dir
     from tlsearch.train import TrialData
 
     loaded = load_space(space, known_backbones=set(iter_names(include_test=True)))
-    split = make_split(scan(data_dir, progress=False), val_fraction=val_fraction, seed=seed)
+    index = scan(data_dir, progress=False)
+    # The split a search with these options makes: its test part is never looked at.
+    split = make_split(index, val_fraction=val_fraction, seed=seed,
+                       test_fraction=_test_fraction(SearchConfig(str(data_dir),
+                                                                 test_fraction=None), index),
+                       groups=find_duplicates(index).groups())
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     pairs = []
     for name, size in loaded.backbone_sizes():
@@ -253,7 +269,7 @@ def _rank(data_dir: Path, space: str, weights: str, seed: int, val_fraction: flo
         raise SearchError("no backbone in the space has usable weights")
     data = TrialData.from_split(data_dir, split, cache)
     with console.status("Running each frozen backbone over the training images..."):
-        return rank_backbones(pairs, data, FeatureCache(cache), seed=seed)
+        return rank_backbones(pairs, data, FeatureCache(cache), seed=seed, ranker=ranker)
 
 
 def _pruner_for(pruner: Pruner | None, engine: Engine, kt_oracle: KtOracle) -> str:
@@ -318,8 +334,12 @@ def search(
     rank: Annotated[bool, typer.Option(
         help="Rank the space's backbones by LogME on frozen features before the first "
              "trial (and run the baselines on the best one).")] = True,
+    ranker: Annotated[Ranker, typer.Option(
+        help="What ranks the backbones before training: logme, knn (cross-validated "
+             "k-NN), hscore, probe (logistic regression) or size (compute).")
+    ] = Ranker.logme,
     keep_top_backbones: Annotated[int | None, typer.Option(
-        min=1, help="Search only the K backbone/size pairs ranked best by LogME.")] = None,
+        min=1, help="Search only the K backbone/size pairs ranked best by --ranker.")] = None,
     baselines: Annotated[bool, typer.Option(
         help="Run the standard recipes (keras.io guide, fastai fine_tune, linear probe) "
              "first, as yardsticks for the report.")] = True,
@@ -352,6 +372,7 @@ def search(
         cache_dir=str(cache_dir) if cache_dir else None, pruner=_pruner_for(pruner, engine,
                                                                             kt_oracle),
         val_fraction=val_fraction, test_fraction=test_fraction, force=force, rank=rank,
+        ranker=ranker.value,
         keep_top_backbones=keep_top_backbones, baselines=baselines,
         max_latency_ms=max_latency_ms, max_params=max_params, engine=engine.value,
         kt_oracle=kt_oracle.value, worker_memory_mb=worker_memory_mb)

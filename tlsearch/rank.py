@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RankRow", "logme", "logme_evidence", "logme_fit", "rank_backbones"]
+__all__ = ["RANKERS", "RankRow", "h_score", "knn_accuracy", "logme", "logme_evidence",
+           "logme_fit", "rank_backbones", "ranker_agreement"]
 
 #: Fixed-point iterations; the paper's implementation converges in a handful.
 MAX_ITERATIONS = 20
@@ -83,9 +84,51 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, *, k: int = 5,
+                 folds: int = 5) -> float:
+    """Cross-validated balanced accuracy of a cosine k-NN on the training features: the
+    plain estimator a 2025 survey of 23 transferability metrics (arXiv 2503.18528) found
+    the most reliable."""
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    counts = np.bincount(labels)
+    folds = int(max(2, min(folds, counts[counts > 0].min())))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(labels) - 1), metric="cosine")
+    predicted = cross_val_predict(knn, features, labels, cv=cv)
+    return float(balanced_accuracy_score(labels, predicted))
+
+
+def h_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """Regularised H-score (Bao et al. 2019; Ibrahim et al., ICLR 2022): tr(cov(f)^-1
+    cov(E[f|y])) with a Ledoit-Wolf shrunk feature covariance, on standardized features."""
+    from sklearn.covariance import LedoitWolf
+
+    f = np.asarray(features, dtype=np.float64)
+    f = (f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1.0)
+    cov = LedoitWolf().fit(f).covariance_
+    means = np.zeros_like(f)
+    for c in np.unique(labels):
+        means[labels == c] = f[labels == c].mean(0)
+    between = means.T @ means / len(f)
+    return float(np.trace(np.linalg.solve(cov, between)))
+
+
+#: Ranker name -> what it is, in the report's and `rank --help`'s words.
+RANKERS = {
+    "logme": "LogME evidence of a linear model (You et al., ICML 2021)",
+    "knn": "cross-validated cosine 5-NN balanced accuracy on frozen features",
+    "hscore": "regularised H-score (Ibrahim et al., ICLR 2022)",
+    "probe": "balanced accuracy of a standardized logistic regression on validation",
+    "size": "the backbone's compute at that size (GFLOPs): the prior a learned score must beat",
+}
+
+
 @dataclass(frozen=True)
 class RankRow:
-    """One backbone at one size, scored before any training."""
+    """One backbone at one size, scored before any training (every ranker of RANKERS)."""
 
     backbone: str
     image_size: int
@@ -95,6 +138,12 @@ class RankRow:
     feature_dim: int
     seconds: float
     cache_hit: bool
+    knn: float = float("nan")
+    hscore: float = float("nan")
+    size: float = float("nan")
+
+    def score(self, ranker: str) -> float:
+        return self.probe_balanced_accuracy if ranker == "probe" else getattr(self, ranker)
 
     @property
     def key(self) -> str:
@@ -128,8 +177,9 @@ def _probe(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.nd
 
 
 def rank_backbones(pairs: list[tuple[str, int, str]], data: Any, cache: Any, *, seed: int = 0,
-                   on_row: Any = None) -> list[RankRow]:
-    """Score each (backbone, size, weights) on the training split; best LogME first."""
+                   on_row: Any = None, ranker: str = "logme") -> list[RankRow]:
+    """Score each (backbone, size, weights) with every ranker; best by `ranker` first."""
+    from tlsearch.backbones import get_spec
     from tlsearch.model import build_transfer_model
     from tlsearch.strategy import Strategy
     from tlsearch.train import frozen_features
@@ -144,12 +194,41 @@ def rank_backbones(pairs: list[tuple[str, int, str]], data: Any, cache: Any, *, 
         train, hit = frozen_features(tm, data, cache, "train", "clean")
         val, _ = frozen_features(tm, data, cache, "val", "clean", exact=True)
         f_train, f_val = _pooled(train), _pooled(val)
+        scores = {"logme": logme(f_train, y_train),
+                  "probe_balanced_accuracy": _probe(f_train, y_train, f_val, y_val),
+                  "knn": knn_accuracy(f_train, y_train), "hscore": h_score(f_train, y_train),
+                  "size": get_spec(backbone).cost(size)}
         row = RankRow(backbone=backbone, image_size=size, weights=weights,
-                      logme=logme(f_train, y_train),
-                      probe_balanced_accuracy=_probe(f_train, y_train, f_val, y_val),
                       feature_dim=int(f_train.shape[1]), seconds=time.perf_counter() - t0,
-                      cache_hit=hit)
+                      cache_hit=hit, **scores)
         rows.append(row)
         if on_row:
             on_row(row)
-    return sorted(rows, key=lambda r: r.logme, reverse=True)
+    if ranker not in RANKERS:
+        raise ValueError(f"unknown ranker {ranker!r}; choose one of {', '.join(RANKERS)}")
+    return sorted(rows, key=lambda r: r.score(ranker), reverse=True)
+
+
+def ranker_agreement(rows: list[dict[str, Any]], outcome: dict[str, float]
+                     ) -> dict[str, dict[str, float | None]]:
+    """Per ranker, against the best validation score the search reached per pair: the
+    weighted Kendall tau (top ranks weigh more; SciPy's hyperbolic weights) and the top-1
+    regret (best outcome minus the outcome of the ranker's first choice)."""
+    from scipy.stats import weightedtau
+
+    scored = [r for r in rows if r["key"] in outcome]
+    result: dict[str, dict[str, float | None]] = {}
+    best = max(outcome[r["key"]] for r in scored) if scored else None
+    for ranker in RANKERS:
+        field = "probe_balanced_accuracy" if ranker == "probe" else ranker
+        values = [(r.get(field), outcome[r["key"]]) for r in scored
+                  if r.get(field) is not None and r.get(field) == r.get(field)]
+        tau = None
+        if len(values) >= 3:
+            found = weightedtau([v for v, _ in values], [o for _, o in values]).statistic
+            tau = None if found != found else float(found)
+        regret = None
+        if values and best is not None:
+            regret = float(best - max(values, key=lambda v: v[0])[1])
+        result[ranker] = {"tau": tau, "regret": regret, "pairs": len(values)}
+    return result

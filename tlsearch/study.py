@@ -84,6 +84,7 @@ class SearchConfig:
     force: bool = False
     stale_after: float = 600.0
     rank: bool = True
+    ranker: str = "logme"  # which of tlsearch.rank.RANKERS orders the backbones
     keep_top_backbones: int | None = None
     baselines: bool = True
     max_latency_ms: float | None = None
@@ -776,16 +777,18 @@ def _initialise(handle: StudyHandle, space: Any, weights: dict[str, str], data: 
     pairs = [(name, size, weights[name]) for name, size in space.backbone_sizes()]
     ranking = []
     if config.keep_top_backbones or (config.rank and len(pairs) > 1):
-        emit("notice", {"message": f"ranking {len(pairs)} backbone/size pair(s) by LogME on "
-                                   "frozen features (also fills the prefix cache)"})
-        rows = rank_backbones(pairs, data, cache, seed=config.seed,
+        emit("notice", {"message": f"ranking {len(pairs)} backbone/size pair(s) by "
+                                   f"{config.ranker} on frozen features (also fills the "
+                                   "prefix cache)"})
+        rows = rank_backbones(pairs, data, cache, seed=config.seed, ranker=config.ranker,
                               on_row=lambda row: emit("rank", row.to_dict()))
         ranking = [row.to_dict() for row in rows]
         study.set_user_attr("ranking", ranking)
+        study.set_user_attr("ranker", config.ranker)
     if config.keep_top_backbones:
         kept = [row["key"] for row in ranking[:config.keep_top_backbones]]
         study.set_user_attr("kept_backbones", kept)
-        emit("notice", {"message": f"searching only the top {len(kept)} by LogME: "
+        emit("notice", {"message": f"searching only the top {len(kept)} by {config.ranker}: "
                                    f"{', '.join(kept)}"})
     if config.baselines and config.trials < 2 * len(BASELINES):
         emit("notice", {"message": f"baseline recipes skipped: {config.trials} trials leave no "

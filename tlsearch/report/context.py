@@ -1443,7 +1443,7 @@ def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
 def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]]) -> dict[str, Any]:
     """The LogME ranking next to what training found, with their rank correlation."""
     if not rows:
-        return {"rows": [], "spearman": None, "note": None}
+        return {"rows": [], "spearman": None, "note": None, "agreement": []}
     best_by_key: dict[str, float] = {}
     for t in complete:
         s = t["strategy"] or {}
@@ -1451,6 +1451,7 @@ def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]]) -> dict
         best_by_key[key] = max(best_by_key.get(key, -1.0), t["value"])
     table = [{"key": display(r["key"]), "logme": r["logme"],
               "probe": r.get("probe_balanced_accuracy"), "best": best_by_key.get(r["key"]),
+              "knn": r.get("knn"), "hscore": r.get("hscore"), "size": r.get("size"),
               "kept": True} for r in rows]
     both = [(r["logme"], r["best"]) for r in table if r["best"] is not None]
     spearman, note = None, None
@@ -1462,7 +1463,11 @@ def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]]) -> dict
     else:
         note = (f"{len(both)} ranked backbone(s) have a completed trial: too few for a rank "
                 "correlation (needs 3).")
-    return {"rows": table, "spearman": spearman, "note": note}
+    from tlsearch.rank import RANKERS, ranker_agreement
+
+    agreement = [{"name": name, "what": RANKERS[name], **values}
+                 for name, values in ranker_agreement(rows, best_by_key).items()]
+    return {"rows": table, "spearman": spearman, "note": note, "agreement": agreement}
 
 
 def _describe(s: dict[str, Any]) -> str:
