@@ -50,6 +50,15 @@ def _search(data: Path, out: Path, study: str, seed: int, trials: int, extra: li
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     seconds = time.perf_counter() - t0
+    # The search's own span (first trial start to last trial end), the same on a re-run
+    # over a reused workdir, where the command itself finds nothing left to do.
+    from tlsearch.study import load_config, open_study
+
+    trials = open_study(load_config(out / study), create=False).study.get_trials()
+    stamps = [(t.datetime_start, t.datetime_complete) for t in trials
+              if t.datetime_start and t.datetime_complete]
+    if stamps:
+        seconds = (max(e for _, e in stamps) - min(s for s, _ in stamps)).total_seconds()
     status = subprocess.run([sys.executable, "-m", "tlsearch.cli", "status", study, "--out",
                              str(out), "--json"], capture_output=True, text=True, check=True)
     summary = json.loads(status.stdout)
