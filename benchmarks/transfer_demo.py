@@ -164,7 +164,7 @@ def main() -> None:
         "| seed | recommendation (ImageNet) | val of it | optimism | keras.io recipe "
         "| fastai recipe | linear probe recipe | same search, `--weights none` "
         "| LR on raw pixels | LR on the recommended backbone's frozen features "
-        "| search minutes |",
+        "| minutes, first trial start to last end |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
