@@ -92,3 +92,8 @@ def test_the_exported_model_is_softmax_of_logits_over_t(tmp_path):
 
     html = build_report(tmp_path / "studies" / "c", tmp_path / "c.html").read_text()
     assert "calibration error" in html and 'id="plot-calibration"' in html
+
+
+def test_a_perfectly_separated_validation_set_leaves_the_probabilities_alone():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    assert fit_temperature(probs, np.array([0, 1, 0])) == 1.0

@@ -39,12 +39,19 @@ def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.05, 20] minimising the negative log-likelihood of `labels`."""
+    """The T in [0.05, 20] minimising the negative log-likelihood of `labels`.
+
+    1.0 (no change) when validation has no error: the likelihood of a perfectly
+    separated set only grows as T shrinks, so the "fit" would be the bound (measured on
+    faces vs non-faces: T = 0.05, probabilities of 0 and 1 on every test image).
+    """
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax
 
     logits = _log(probs)
     labels = np.asarray(labels, dtype=np.int64)
+    if (logits.argmax(axis=1) == labels).all():
+        return 1.0
 
     def nll(log_t: float) -> float:
         scaled = log_softmax(logits / np.exp(log_t), axis=1)

@@ -22,6 +22,8 @@ import numpy as np
 
 __all__ = ["HOLDOUT_ATTR", "holdout_scores", "score_holdout", "score_of", "temperature_of"]
 
+#: Bumped when the calibration measurement changes: older records are measured again.
+CALIBRATION_VERSION = 2
 #: Study user attribute holding the scores: {"n_test", "metric", "scores": {trial: {...}}}.
 HOLDOUT_ATTR = "holdout"
 
@@ -58,7 +60,7 @@ def _calibration(probs: np.ndarray, labels: np.ndarray, temperature: float) -> d
     from tlsearch.calibration import calibrate, expected_calibration_error, reliability
 
     after = calibrate(probs, temperature)
-    return {"temperature": temperature, "bins": 15,
+    return {"version": CALIBRATION_VERSION, "temperature": temperature, "bins": 15,
             "ece_before": expected_calibration_error(probs, labels),
             "ece_after": expected_calibration_error(after, labels),
             "reliability_before": reliability(probs, labels).to_dict(),
@@ -107,7 +109,10 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
             continue  # an old study from before baselines kept their models
         stamp = os.stat(model).st_mtime_ns
         done = scores.get(str(number), {})
-        if done.get("model_mtime_ns") == stamp and "calibration" in done:
+        calibrated = done.get("calibration", "missing")
+        if done.get("model_mtime_ns") == stamp and (calibrated is None or (
+                calibrated != "missing"
+                and calibrated.get("version", 1) >= CALIBRATION_VERSION)):
             continue  # scored already: the test split is read once per model (a score
             # from before calibration was measured is read again, to measure it)
         size = int(trials[number].user_attrs["strategy"]["image_size"])
