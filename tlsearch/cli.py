@@ -399,6 +399,10 @@ def resume(
     with one_line_errors():
         config = load_config(out / study)
     config = dataclasses.replace(config, out=str(out), **({"trials": trials} if trials else {}))
+    if config.engine == "keras-tuner":  # a study saved before the oracle's pruner was recorded
+        from tlsearch.tuner import ORACLE_PRUNER
+
+        config = dataclasses.replace(config, pruner=ORACLE_PRUNER[config.kt_oracle])
     if workers > 1 and not isolate:
         raise fail("--workers > 1 needs worker processes; drop --no-isolate")
     _run(config, workers, isolate=isolate)
