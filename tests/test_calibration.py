@@ -82,8 +82,10 @@ def test_the_exported_model_is_softmax_of_logits_over_t(tmp_path):
     assert t == pytest.approx(calibration["temperature"])
     assert json.loads((tmp_path / "raw" / "export.json").read_text())["temperature"] is None
     x = np.stack([decode_image(p, 32) for p in sorted((data / "red").glob("*.png"))[:8]])
-    raw = np.asarray(load_model_safely(tmp_path / "raw" / "model.keras")(x.astype("float32")))
-    cal = np.asarray(load_model_safely(tmp_path / "cal" / "model.keras")(x.astype("float32")))
+    raw = np.asarray(load_model_safely(tmp_path / "raw" / "model.keras")(
+        x.astype("float32"), training=False))
+    cal = np.asarray(load_model_safely(tmp_path / "cal" / "model.keras")(
+        x.astype("float32"), training=False))
     np.testing.assert_allclose(cal, calibrate(raw, t), atol=1e-5)
     card = (tmp_path / "cal" / "MODEL_CARD.md").read_text()
     assert f"T = {t:.3f}" in card and "expected calibration error on the held-out test" in card

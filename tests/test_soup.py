@@ -73,8 +73,10 @@ def test_export_soup_through_the_cli(tmp_path):
     assert soup["val_score"] >= soup["first_val_score"]
     assert "Weights:" in (tmp_path / "soup" / "MODEL_CARD.md").read_text()
     x = np.stack([decode_image(p, 32) for p in sorted((data / "red").glob("*.png"))[:6]])
-    plain = np.asarray(load_model_safely(tmp_path / "plain" / "model.keras")(x.astype("f4")))
-    souped = np.asarray(load_model_safely(tmp_path / "soup" / "model.keras")(x.astype("f4")))
+    plain = np.asarray(load_model_safely(tmp_path / "plain" / "model.keras")(
+        x.astype("f4"), training=False))
+    souped = np.asarray(load_model_safely(tmp_path / "soup" / "model.keras")(
+        x.astype("f4"), training=False))
     if soup["ingredients"] == soup["ingredients"][:1]:
         np.testing.assert_allclose(souped, plain, atol=1e-6)
     else:

@@ -85,11 +85,14 @@ def test_export_records_the_decision_and_predict_applies_it(tmp_path):
     got = {t["label"]: t["probability"] for t in json.loads(out.stdout)[0]["top"]}
     exported = load_exported(tmp_path / "m")
     x = decode_image(image, 32)[None].astype(np.float32)
-    expected = (np.asarray(exported.model(x)) + np.asarray(exported.model(x[:, :, ::-1]))) / 2
+    # training=False: the model holds the strategy's random augmentation layers, which a
+    # call without it would apply (predict always passes it).
+    expected = (np.asarray(exported.model(x, training=False))
+                + np.asarray(exported.model(x[:, :, ::-1], training=False))) / 2
     for i, label in enumerate(exported.labels):
         assert abs(got[label] - expected[0, i]) < 1e-5
     one = runner.invoke(app, ["predict", str(tmp_path / "m"), str(image), "--format", "json",
                               "--no-tta"])
     single = {t["label"]: t["probability"] for t in json.loads(one.stdout)[0]["top"]}
-    plain = np.asarray(exported.model(x))[0]
+    plain = np.asarray(exported.model(x, training=False))[0]
     assert abs(single[exported.labels[0]] - plain[0]) < 1e-5
