@@ -136,16 +136,16 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
                       "nothing (validation metrics below are from the search)")
     from tlsearch.holdout import temperature_of
 
+    val = _ValImages(strategy, split, config)
     souped = None
     if soup and retrain == "none":
-        souped = _soup(model, chosen, strategy, split, config, handle)
+        souped = _soup(model, chosen, val, handle)
     if not calibrate:
         temperature = None
     elif souped is not None and len(souped.ingredients) > 1:  # another model: its own T
         from tlsearch.calibration import fit_temperature
 
-        temperature = fit_temperature(_val_probabilities(model, strategy, split, config),
-                                      split.labels("val"))
+        temperature = fit_temperature(val.probabilities(model), split.labels("val"))
     else:
         temperature = temperature_of(handle.trial_dir(chosen.number), split)
     if temperature is not None:
@@ -166,7 +166,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "path": str(out), "temperature": temperature,
         "soup": souped.to_dict() if souped is not None else None,
-        "tta": _choose_tta(model, strategy, split, config, handle) if tta and retrain == "none"
+        "tta": _choose_tta(model, val, handle) if tta and retrain == "none"
         else {"views": ["identity"], "val_plain": None, "val_tta": None, "candidates": []},
     }
     from tlsearch.holdout import HOLDOUT_ATTR, score_of
@@ -187,17 +187,30 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     return summary
 
 
-def _val_probabilities(model: Any, strategy: Any, split: Any, config: Any) -> np.ndarray:
-    from tlsearch.data import decode_image
+class _ValImages:
+    """The validation images at the strategy's size, decoded once for every choice the
+    export makes on them (soup, temperature, test-time views)."""
 
-    root = Path(config.data_dir)
-    x = np.stack([decode_image(root / p, strategy.image_size)
-                  for p in split.paths("val")]).astype(np.float32)
-    return np.asarray(model.predict(x, verbose=0, batch_size=64), dtype=np.float64)
+    def __init__(self, strategy: Any, split: Any, config: Any) -> None:
+        self.strategy, self.split, self.config = strategy, split, config
+        self._x: np.ndarray | None = None
+
+    @property
+    def x(self) -> np.ndarray:
+        if self._x is None:
+            from tlsearch.data import decode_image
+
+            root = Path(self.config.data_dir)
+            self._x = np.stack([decode_image(root / p, self.strategy.image_size)
+                                for p in self.split.paths("val")])
+        return self._x
+
+    def probabilities(self, model: Any) -> np.ndarray:
+        return np.asarray(model.predict(self.x.astype(np.float32), verbose=0, batch_size=64),
+                          dtype=np.float64)
 
 
-def _soup(model: Any, chosen: Any, strategy: Any, split: Any, config: Any,
-          handle: Any) -> Any:
+def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any) -> Any:
     """Greedy soup into `model`: the chosen trial first, then the other kept models."""
     from optuna.trial import TrialState
 
@@ -214,26 +227,22 @@ def _soup(model: Any, chosen: Any, strategy: Any, split: Any, config: Any,
     candidates = [(chosen.number, handle.trial_dir(chosen.number) / STUDY_MODEL, chosen.value)]
     candidates += [(t.number, handle.trial_dir(t.number) / STUDY_MODEL, t.value)
                    for t in others]
-    labels = split.labels("val")
+    labels, classes = val.split.labels("val"), val.split.classes
 
     def score(m: Any) -> float:
-        probs = _val_probabilities(m, strategy, split, config)
-        return float(compute_metrics(labels, probs, split.classes)[metric])
+        return float(compute_metrics(labels, val.probabilities(m), classes)[metric])
 
     return greedy_soup(model, candidates, score, load_model_safely)
 
 
-def _choose_tta(model: Any, strategy: Any, split: Any, config: Any, handle: Any
-                ) -> dict[str, Any]:
-    from tlsearch.data import decode_image
+def _choose_tta(model: Any, val: _ValImages, handle: Any) -> dict[str, Any]:
     from tlsearch.train import compute_metrics
     from tlsearch.tta import choose_views
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
-    root = Path(config.data_dir)
-    x = np.stack([decode_image(root / p, strategy.image_size) for p in split.paths("val")])
-    return choose_views(model, x, split.labels("val"), strategy.augmentation,
-                        lambda y, probs: compute_metrics(y, probs, split.classes)[metric])
+    classes = val.split.classes
+    return choose_views(model, val.x, val.split.labels("val"), val.strategy.augmentation,
+                        lambda y, probs: compute_metrics(y, probs, classes)[metric])
 
 
 def _retrain(strategy: Any, split: Any, config: Any, trial_dir: Path) -> Any:
