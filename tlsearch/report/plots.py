@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-__all__ = ["figures", "script_json"]
+__all__ = ["figures"]
 
 _BLUE, _ORANGE, _GREY, _RED, _GREEN = "#2563eb", "#ea580c", "#9ca3af", "#dc2626", "#16a34a"
 _WIDTH = 9.0  # inches at 72 dpi in the SVG: the report column is about 650-1000 px
@@ -29,17 +28,6 @@ _RC = {"svg.fonttype": "none", "svg.hashsalt": "tlsearch", "text.parse_math": Fa
        "axes.grid": True, "grid.color": "#e5e7eb", "grid.linewidth": 0.6,
        "axes.edgecolor": "#9ca3af", "axes.titlesize": 9, "legend.frameon": False,
        "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"]}
-_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
-                 "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-def script_json(data: Any) -> Markup:
-    """JSON (a string of JSON, or data to encode) made safe to embed in ``<script>``."""
-    text = data if isinstance(data, str) else json.dumps(data, default=str)
-    for char, escape in _JSON_ESCAPES.items():
-        text = text.replace(char, escape)
-    return Markup(text)
-
 
 def _figure(height: float, cols: int = 1, rows: int = 1, **kw: Any) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
