@@ -182,7 +182,13 @@ def test_test_fraction_flag_gives_a_held_out_score_everywhere(tmp_path):
     assert set(status["test"]["scores"][best]) >= {"value", "low", "high", "metrics"}
     result = CliRunner().invoke(app, ["export", "tf", "--out", str(tmp_path / "x"), *studies])
     assert result.exit_code == 0, result.output
-    assert "Held-out test (12 images" in (tmp_path / "x" / "MODEL_CARD.md").read_text()
+    assert "Held-out test of this exported model (12 images" in (
+        tmp_path / "x" / "MODEL_CARD.md").read_text()
+    # Calibration never changes a class: one view of the export scores as the trial did.
+    result = CliRunner().invoke(app, ["export", "tf", "--out", str(tmp_path / "y"), "--no-tta",
+                                      *studies])
+    exported = json.loads((tmp_path / "y" / "export.json").read_text())
+    assert exported["exported_test"]["value"] == pytest.approx(exported["test"]["value"])
 
 
 def test_a_search_prints_no_library_chatter(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tlsearch import backbones as B
-from tlsearch.head import solve_linear_head
+from tlsearch.head import C_GRID, solve_linear_head
 from tlsearch.strategy import Strategy
 from tlsearch.train import run_trial
 
@@ -114,3 +114,14 @@ def test_solve_is_balanced_when_asked_and_cached():
     # A class missing from training gets a bias that keeps it out of every prediction.
     three = solve_linear_head(x, y, x, y, 3, balanced=False)
     assert three.kernel.shape == (4, 3) and three.bias[2] < -10
+
+
+def test_a_tie_in_validation_score_goes_to_the_lower_log_loss():
+    # Separable data: every C scores 1.0 on validation, so the score cannot choose; the
+    # weakest regularisation gives the most confident (lowest log-loss) correct fit.
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(-3, 1, (40, 3)), rng.normal(3, 1, (40, 3))])
+    y = np.array([0] * 40 + [1] * 40)
+    head = solve_linear_head(x, y, x + 0.01, y, 2, balanced=False)
+    assert head.val_score == 1.0
+    assert head.C == max(C_GRID)

@@ -38,24 +38,31 @@ def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(_log(probs) / temperature, axis=1)
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, *,
+                    members: list[np.ndarray] | None = None) -> float:
     """The T in [0.05, 20] minimising the negative log-likelihood of `labels`.
 
     1.0 (no change) when validation has no error: the likelihood of a perfectly
     separated set only grows as T shrinks, so the "fit" would be the bound (measured on
     faces vs non-faces: T = 0.05, probabilities of 0 and 1 on every test image).
+    `members`: the probabilities of an ensemble's members (`probs` is their mean); T is
+    then fitted for the ensemble the export builds, the mean of each member scaled by T.
     """
     from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
+    from scipy.special import log_softmax, softmax
 
-    logits = _log(probs)
     labels = np.asarray(labels, dtype=np.int64)
-    if (logits.argmax(axis=1) == labels).all():
+    if (np.asarray(probs).argmax(axis=1) == labels).all():
         return 1.0
+    parts = [_log(p) for p in (members if members else [probs])]
+    rows = np.arange(len(labels))
 
     def nll(log_t: float) -> float:
-        scaled = log_softmax(logits / np.exp(log_t), axis=1)
-        return float(-scaled[np.arange(len(labels)), labels].mean())
+        t = np.exp(log_t)
+        if len(parts) == 1:
+            return float(-log_softmax(parts[0] / t, axis=1)[rows, labels].mean())
+        mean = np.mean([softmax(z / t, axis=1) for z in parts], axis=0)
+        return float(-np.log(np.clip(mean[rows, labels], _FLOOR, None)).mean())
 
     found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
                             options={"xatol": 1e-4})
@@ -95,19 +102,21 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def scale_head(model: Any, temperature: float) -> None:
-    """Divide the final Dense layer (`head_logits`) of an exported model by T, in place."""
-    layer = _find(model, "head_logits")
-    kernel, bias = layer.get_weights()
-    layer.set_weights([kernel / temperature, bias / temperature])
+    """Divide the final Dense layer (`head_logits`) of an exported model by T, in place
+    (every member's, in an ensemble)."""
+    layers = _find_all(model, "head_logits")
+    if not layers:
+        raise KeyError("no layer named 'head_logits' in the model")
+    for layer in layers:
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel / temperature, bias / temperature])
 
 
-def _find(model: Any, name: str) -> Any:
+def _find_all(model: Any, name: str) -> list[Any]:
+    found = []
     for layer in model.layers:
         if layer.name == name:
-            return layer
-        if hasattr(layer, "layers"):
-            try:
-                return _find(layer, name)
-            except KeyError:
-                continue
-    raise KeyError(f"no layer named {name!r} in the model")
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found += _find_all(layer, name)
+    return found

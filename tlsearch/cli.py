@@ -562,6 +562,9 @@ def export(
     soup: Annotated[bool, typer.Option(
         help="Greedy weight soup of the kept models with the trial's architecture, each "
              "added only if validation improves.")] = False,
+    ensemble: Annotated[bool, typer.Option(
+        help="Greedy prediction ensemble of the kept models at the trial's image size "
+             "(any backbone), each added only if validation improves.")] = False,
     studies: Annotated[Path, typer.Option(
         help="Folder that holds study folders.")] = Path("studies"),
 ) -> None:
@@ -571,9 +574,15 @@ def export(
     _quiet_libraries()
     with one_line_errors():
         summary = export_trial(studies / study, out, trial=trial, retrain=retrain.value,
-                               tflite=tflite, calibrate=calibrate, tta=tta, soup=soup)
+                               tflite=tflite, calibrate=calibrate, tta=tta, soup=soup,
+                               ensemble=ensemble)
     console.print(f"Exported trial #{summary['trial']} to [bold]{escape(str(out))}[/] "
                   f"(model.keras, labels.json, strategy.json, MODEL_CARD.md).")
+    exported, trial_test = summary.get("exported_test"), summary.get("test")
+    if exported is not None:
+        versus = (f" (the trial alone: {trial_test['value']:.3f})" if trial_test else "")
+        console.print(f"  held-out test {exported['metric']}: {exported['value']:.3f}{versus}, "
+                      f"ECE {exported['ece']:.3f}, {summary['latency_ms']:.1f} ms per image")
     for name, check in summary.get("tflite", {}).items():
         console.print(f"  {name}: {escape(json.dumps(check))}")
 

@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.keras"
+#: Study user attribute: the last export's choices and its held-out test score.
+EXPORT_ATTR = "export"
 
 
 class ExportError(RuntimeError):
@@ -90,7 +92,7 @@ def _pick_trial(handle: Any, trial: int | None) -> Any:
 def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
                  retrain: str = "none", tflite: bool = False,
                  calibrate: bool = True, tta: bool = True,
-                 soup: bool = False) -> dict[str, Any]:
+                 soup: bool = False, ensemble: bool = False) -> dict[str, Any]:
     """Write the recommended (or chosen) trial's model and its contract to `out`.
 
     Args:
@@ -105,8 +107,12 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
             on validation (never after `train+val`, which trained on those images).
         soup: greedy weight soup (`tlsearch.soup`) of the kept models with the trial's
             architecture, each added only if validation improves.
+        ensemble: greedy prediction ensemble (`tlsearch.ensemble`) of the kept models
+            at the trial's image size (any backbone), each added only if validation
+            improves.
     Returns:
-        A summary dict (paths, trial, metrics, TFLite agreement).
+        A summary dict (paths, trial, metrics, TFLite agreement, and the exported
+        model's own held-out test score, measured once after every choice is made).
     """
     from tlsearch.data import RESIZE_METHOD, Split
     from tlsearch.strategy import Strategy
@@ -115,6 +121,9 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
 
     if retrain not in ("none", "train+val"):
         raise ExportError(f"--retrain must be none or train+val, got {retrain!r}")
+    if soup and ensemble:
+        raise ExportError("--soup and --ensemble: choose one (a soup is one model, an "
+                          "ensemble runs several)")
     config = load_config(study_dir)
     handle = open_study(config, create=False)
     chosen = _pick_trial(handle, trial)
@@ -137,14 +146,19 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     from tlsearch.holdout import temperature_of
 
     val = _ValImages(strategy, split, config)
-    souped = None
+    souped = ensembled = None
     if soup and retrain == "none":
         souped = _soup(model, chosen, val, handle)
+    if ensemble and retrain == "none":
+        model, ensembled, member_probs = _ensemble(model, chosen, val, handle)
+    from tlsearch.calibration import fit_temperature
+
     if not calibrate:
         temperature = None
+    elif ensembled is not None and len(ensembled.members) > 1:  # T of the members' mean
+        temperature = fit_temperature(np.mean(member_probs, axis=0), split.labels("val"),
+                                      members=member_probs)
     elif souped is not None and len(souped.ingredients) > 1:  # another model: its own T
-        from tlsearch.calibration import fit_temperature
-
         temperature = fit_temperature(val.probabilities(model), split.labels("val"))
     else:
         temperature = temperature_of(handle.trial_dir(chosen.number), split)
@@ -166,20 +180,36 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "path": str(out), "temperature": temperature,
         "soup": souped.to_dict() if souped is not None else None,
+        "ensemble": ensembled.to_dict() if ensembled is not None else None,
         "tta": _choose_tta(model, val, handle) if tta and retrain == "none"
         else {"views": ["identity"], "val_plain": None, "val_tta": None, "candidates": []},
     }
     from tlsearch.holdout import HOLDOUT_ATTR, score_of
+    from tlsearch.train import measure_latency_ms
 
+    summary["latency_ms"] = measure_latency_ms(model, strategy.image_size) * len(
+        summary["tta"]["views"])
     scored = score_of(handle.study.user_attrs.get(HOLDOUT_ATTR), chosen.number)
-    if souped is not None and len(souped.ingredients) > 1:
-        scored = None  # the soup is another model than the scored trial
-    if scored and retrain == "none":  # a retrained model is another model: not scored
+    if scored is None:  # a search run through the API, not the CLI, leaves it unscored
+        from tlsearch.holdout import score_holdout
+
+        scored = score_of(score_holdout(handle), chosen.number)
+    if scored:  # the recommended trial as the search scored it: what the export is beside
         summary["test"] = {k: scored[k] for k in ("value", "low", "high", "metrics")}
         summary["n_test"] = handle.study.user_attrs["holdout"]["n_test"]
-        if temperature is not None and scored.get("calibration"):
+        if scored.get("calibration"):
             summary["calibration"] = {k: scored["calibration"][k]
                                       for k in ("ece_before", "ece_after", "bins")}
+    # Every choice above was made on validation; only now is the exported model itself
+    # (soup or ensemble, temperature, test-time views) measured on the test split, once.
+    summary["exported_test"] = (_score_exported(model, summary["tta"]["views"], split,
+                                                config, handle, strategy.image_size)
+                                if retrain == "none" else None)
+    if summary["exported_test"] is not None:
+        handle.study.set_user_attr(EXPORT_ATTR, {
+            k: summary[k] for k in ("trial", "temperature", "soup", "ensemble", "latency_ms",
+                                    "exported_test", "exported", "path")}
+            | {"views": summary["tta"]["views"]})
     if tflite:
         summary["tflite"] = _export_tflite(out, strategy, split, config)
     _write_text(out / "export.json", json.dumps(summary, indent=2, default=str))
@@ -233,6 +263,63 @@ def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any) -> Any:
         return float(compute_metrics(labels, val.probabilities(m), classes)[metric])
 
     return greedy_soup(model, candidates, score, load_model_safely)
+
+
+def _ensemble(model: Any, chosen: Any, val: _ValImages, handle: Any
+              ) -> tuple[Any, Any, list[np.ndarray]]:
+    """Greedy prediction ensemble: the chosen trial first, then the other kept models
+    at its image size, best validation score first. Returns (model, Ensemble, the
+    members' validation probabilities)."""
+    from optuna.trial import TrialState
+
+    from tlsearch.ensemble import build_ensemble_model, greedy_ensemble
+    from tlsearch.study import MODEL_FILE as STUDY_MODEL
+    from tlsearch.train import compute_metrics
+
+    metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
+    size = val.strategy.image_size
+    others = sorted((t for t in handle.study.get_trials(deepcopy=False,
+                                                         states=(TrialState.COMPLETE,))
+                     if t.number != chosen.number and t.value is not None
+                     and int(t.user_attrs.get("strategy", {}).get("image_size", -1)) == size
+                     and (handle.trial_dir(t.number) / STUDY_MODEL).is_file()),
+                    key=lambda t: -t.value)
+    models = {chosen.number: model}
+    probs = {chosen.number: val.probabilities(model)}
+    for t in others:
+        models[t.number] = load_model_safely(handle.trial_dir(t.number) / STUDY_MODEL)
+        probs[t.number] = val.probabilities(models[t.number])
+    labels, classes = val.split.labels("val"), val.split.classes
+    chosen_set = greedy_ensemble(
+        [(n, probs[n]) for n in [chosen.number, *(t.number for t in others)]],
+        lambda p: float(compute_metrics(labels, p, classes)[metric]))
+    members = chosen_set.members
+    built = build_ensemble_model([models[n] for n in members],
+                                 [f"trial_{n:04d}" for n in members])
+    return built, chosen_set, [probs[n] for n in members]
+
+
+def _score_exported(model: Any, views: Sequence[str], split: Any, config: Any, handle: Any,
+                    size: int) -> dict[str, Any] | None:
+    """The exported model, as `predict` runs it, on the test split: score and ECE."""
+    if not split.test:
+        return None
+    from tlsearch.calibration import expected_calibration_error
+    from tlsearch.data import decode_image
+    from tlsearch.report.context import bootstrap_interval
+    from tlsearch.train import compute_metrics
+    from tlsearch.tta import tta_probabilities
+
+    metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
+    root = Path(config.data_dir)
+    x = np.stack([decode_image(root / p, size) for p in split.paths("test")])
+    labels = np.asarray(split.labels("test"))
+    probs = tta_probabilities(model, x, views)
+    value, low, high = bootstrap_interval(labels, probs, metric)
+    metrics = compute_metrics(labels, probs, split.classes)
+    return {"value": value, "low": low, "high": high, "metric": metric,
+            "ece": expected_calibration_error(probs, labels), "n_test": len(labels),
+            "metrics": {k: metrics[k] for k in ("balanced_accuracy", "accuracy", "macro_f1")}}
 
 
 def _choose_tta(model: Any, val: _ValImages, handle: Any) -> dict[str, Any]:
@@ -314,8 +401,19 @@ def _soup_line(soup: dict[str, Any] | None) -> str:
                 "kept model(s) and none improved validation")
     return (f"- Weights: greedy soup (weight average) of trials "
             f"{', '.join(f'#{n}' for n in soup['ingredients'])}: {soup['val_score']:.4f} on "
-            f"validation vs {soup['first_val_score']:.4f} for the trial alone (not scored "
-            "on the held-out test: it is not the model the search scored)")
+            f"validation vs {soup['first_val_score']:.4f} for the trial alone")
+
+
+def _ensemble_line(ensemble: dict[str, Any] | None) -> str:
+    if ensemble is None:
+        return "- Ensemble: none asked for (one model)"
+    if len(ensemble["members"]) == 1:
+        return (f"- Ensemble: tried {len(ensemble['tried'])} other kept model(s) at this "
+                "image size; none improved validation, so one model")
+    return (f"- Ensemble: mean probabilities of trials "
+            f"{', '.join(f'#{n}' for n in ensemble['members'])}: {ensemble['val_score']:.4f} "
+            f"on validation vs {ensemble['first_val_score']:.4f} for the trial alone; "
+            f"{len(ensemble['members'])}x the compute per image")
 
 
 def _tta_line(tta: dict[str, Any]) -> str:
@@ -334,13 +432,31 @@ def _calibration_line(summary: dict[str, Any]) -> str:
     t = summary.get("temperature")
     if t is None:
         return "- Probabilities: the softmax as trained (not calibrated)"
-    line = (f"- Probabilities: temperature-scaled, T = {t:.3f}, fitted on the validation "
+    return (f"- Probabilities: temperature-scaled, T = {t:.3f}, fitted on the validation "
             "predictions (the final layer's weights are divided by T; no class changes)")
-    cal = summary.get("calibration")
-    if cal:
-        line += (f"; expected calibration error on the held-out test ({cal['bins']} bins): "
-                 f"{cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after")
-    return line
+
+
+def _test_lines(summary: dict[str, Any]) -> list[str]:
+    """The exported model's own test score, beside the recommended trial's."""
+    exported = summary.get("exported_test")
+    if exported is None:
+        return ["- Held-out test: none (the study has no test split, or the model was "
+                "retrained on validation too)"]
+    lines = [
+        f"- Held-out test of this exported model ({exported['n_test']} images no selection "
+        "saw; measured once, after every choice was made on validation): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in exported["metrics"].items())
+        + f" (95% interval of {exported['metric']}: {exported['low']:.4f}-"
+        f"{exported['high']:.4f}); expected calibration error {exported['ece']:.4f} (15 bins)"]
+    trial, cal = summary.get("test"), summary.get("calibration")
+    if trial:
+        line = (f"- The recommended trial alone, as the search scored it on the same images: "
+                f"{exported['metric']} {trial['value']:.4f} "
+                f"({100 * (exported['value'] - trial['value']):+.1f} points for the export)")
+        if cal:
+            line += f"; its uncalibrated ECE {cal['ece_before']:.4f}"
+        lines.append(line)
+    return lines
 
 
 def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -> str:
@@ -352,16 +468,13 @@ def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -
         f"- Weights the backbone started from: {strategy.weights}",
         f"- Trained on: {summary['trained_on']}",
         "- Validation (selected on): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-        ("- Held-out test ({} images no selection saw): ".format(summary["n_test"])
-         + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"]["metrics"].items())
-         + " (95% interval of {}: {:.4f}-{:.4f})".format(
-             summary.get("metric") or "the objective", summary["test"]["low"],
-             summary["test"]["high"]))
-        if "test" in summary else "- Held-out test: none (the study has no test split, or "
-        "the model was retrained)",
+        *_test_lines(summary),
         _calibration_line(summary),
         _tta_line(summary["tta"]),
         _soup_line(summary.get("soup")),
+        _ensemble_line(summary.get("ensemble")),
+        f"- CPU latency, batch of one: {summary['latency_ms']:.1f} ms per image "
+        "(every member and view included)",
         f"- Data fingerprint: {summary['fingerprint']}",
         f"- Exported: {summary['exported']}",
         f"- Classes ({len(labels)}): see labels.json (index -> name)",

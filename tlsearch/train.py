@@ -40,6 +40,7 @@ __all__ = [
     "TrialPruned",
     "TrialResult",
     "compute_metrics",
+    "measure_latency_ms",
     "run_trial",
 ]
 
@@ -842,24 +843,29 @@ def _latency_ms(model: Any, strategy: Strategy, repeats: int = 10) -> float:
     not the trained values, so it is measured once per (backbone, size, head shape) in
     a process.
     """
-    import tensorflow as tf
-
     key = (strategy.backbone, strategy.image_size, strategy.head_hidden_units,
            strategy.augmentation, model.count_params())
     if key in _LATENCY_MEMO:
         return _LATENCY_MEMO[key]
 
+    _LATENCY_MEMO[key] = measure_latency_ms(model, strategy.image_size, repeats)
+    return _LATENCY_MEMO[key]
+
+
+def measure_latency_ms(model: Any, size: int, repeats: int = 10) -> float:
+    """Median batch-1 CPU latency of `model` on (1, size, size, 3), after a warm-up call."""
+    import tensorflow as tf
+
     fn = cpu_inference_fn(model)
     with tf.device("/CPU:0"):
-        x = tf.zeros((1, strategy.image_size, strategy.image_size, 3))
+        x = tf.zeros((1, size, size, 3))
         fn(x)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn(x)
             times.append(time.perf_counter() - t0)
-    _LATENCY_MEMO[key] = float(np.median(times) * 1000)
-    return _LATENCY_MEMO[key]
+    return float(np.median(times) * 1000)
 
 
 def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = None, *,

@@ -480,7 +480,7 @@ def _solve_snippet(s: dict[str, Any]) -> str:
 # standardization layer takes the training features' mean and variance, and the
 # classifier is scikit-learn's LogisticRegression on them, C chosen on validation.
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, log_loss
 from sklearn.utils.class_weight import compute_sample_weight
 
 _pool = layers.GlobalAveragePooling2D()
@@ -507,18 +507,42 @@ head.layers[1].set_weights([mean, std**2])
     return code + f'''z_train = head.layers[1](f_train).numpy()
 z_val = head.layers[1](f_val).numpy()
 weights = {"compute_sample_weight('balanced', yt)" if balanced else "None"}
-# C from strong to weak regularisation, each fit warm-started from the last.
+# C from strong to weak regularisation, each fit warm-started from the last; a tie in
+# score goes to the lower validation log-loss.
 lr, best = LogisticRegression(max_iter={HEAD_MAX_ITER}, tol={HEAD_TOL}, warm_start=True), None
 for c in {tuple(sorted(HEAD_C_GRID))!r}:
     lr.set_params(C=c).fit(z_train, yt, sample_weight=weights)
-    score = balanced_accuracy_score(yv, lr.predict(z_val))
-    if best is None or score > best[0]:
-        best = (score, lr.coef_.T.copy(), lr.intercept_.copy())
+    rank = (balanced_accuracy_score(yv, lr.predict(z_val)),
+            -log_loss(yv, lr.predict_proba(z_val), labels=lr.classes_))
+    if best is None or rank > best[0]:
+        best = (rank, lr.coef_.T.copy(), lr.intercept_.copy())
 _, kernel, bias = best
 if kernel.shape[1] == 1:  # two classes: scikit-learn keeps one row
     kernel, bias = np.concatenate([-kernel, kernel], 1) / 2, np.array([-bias[0], bias[0]]) / 2
 head.layers[-1].set_weights([kernel.astype("float32"), bias.astype("float32")])
 '''
+
+
+def _export_of(record: dict[str, Any] | None, trial: int) -> dict[str, Any] | None:
+    """The last `tlsearch export` of the recommended trial, in words and figures."""
+    if not record or record.get("trial") != trial or not record.get("exported_test"):
+        return None
+    parts = []
+    soup, ensemble = record.get("soup"), record.get("ensemble")
+    if soup and len(soup["ingredients"]) > 1:
+        parts.append("weight soup of trials " + ", ".join(f"#{n}" for n in soup["ingredients"]))
+    if ensemble and len(ensemble["members"]) > 1:
+        parts.append("ensemble of trials " + ", ".join(f"#{n}" for n in ensemble["members"]))
+    if not parts:
+        parts.append(f"trial #{trial} alone")
+    views = record.get("views") or ["identity"]
+    if len(views) > 1:
+        parts.append("test-time views " + " + ".join(views))
+    if record.get("temperature") is not None:
+        parts.append(f"temperature {record['temperature']:.2f}")
+    return {"what": ", ".join(parts), "test": record["exported_test"],
+            "latency_ms": record.get("latency_ms"), "exported": record.get("exported"),
+            "path": record.get("path")}
 
 
 def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: float,
@@ -1318,6 +1342,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         weights_text, weights_warning = _weights_text(s.get("weights", "imagenet"), spec_of(s))
         recommendation = {
             "test": test_scores.get(str(best["number"])), "n_test": holdout.get("n_test"),
+            "export": _export_of(handle.study.user_attrs.get("export"), best["number"]),
             "trial": best["number"], "value": best["value"], "ci": ci, "ci_note": ci_note,
             "n_val": n_val, "resamples": BOOTSTRAP_RESAMPLES,
             "within_interval": within,
