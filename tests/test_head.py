@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tlsearch import backbones as B
-from tlsearch.head import C_GRID, solve_linear_head
+from tlsearch.head import C_GRID, DEFAULT_C, choose_c, solve_linear_head
 from tlsearch.strategy import Strategy
 from tlsearch.train import run_trial
 
@@ -122,6 +122,16 @@ def test_a_tie_in_validation_score_goes_to_the_lower_log_loss():
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.normal(-3, 1, (40, 3)), rng.normal(3, 1, (40, 3))])
     y = np.array([0] * 40 + [1] * 40)
-    head = solve_linear_head(x, y, x + 0.01, y, 2, balanced=False)
+    head = solve_linear_head(x, y, x + 0.01, y, 2, balanced=False, rule="best")
     assert head.val_score == 1.0
     assert head.C == max(C_GRID)
+    # The default rule keeps scikit-learn's C = 1 when nothing beats it beyond noise.
+    assert solve_linear_head(x, y, x + 0.01, y, 2, balanced=False).C == DEFAULT_C
+
+
+def test_the_one_standard_error_rule_moves_from_c_1_only_on_evidence():
+    # 100 validation images: the standard error at 0.80 is 0.04.
+    assert choose_c({0.01: (0.83, -0.5), 1.0: (0.80, -0.4), 10.0: (0.81, -0.3)}, 100) == 1.0
+    assert choose_c({0.01: (0.90, -0.5), 1.0: (0.80, -0.4), 10.0: (0.81, -0.3)}, 100) == 0.01
+    # Within the band and C = 1 not in it: the nearest to 1, then the better score.
+    assert choose_c({0.01: (0.90, -0.5), 0.1: (0.88, -0.5), 10.0: (0.88, -0.4)}, 100) == 10.0

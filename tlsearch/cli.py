@@ -359,12 +359,22 @@ def search(
     worker_memory_mb: Annotated[float | None, typer.Option(
         min=1.0, help="Replace a worker whose memory passes this many MB after a trial "
                       "(default: never).")] = None,
+    prior: Annotated[list[Path] | None, typer.Option(
+        help="An earlier study folder (or a file from `tlsearch priors`) whose best "
+             "strategies start this search, after the baselines; repeatable.")] = None,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.study import SearchConfig
 
     if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
         raise fail(f"--weights {weights!r}: not imagenet, none, auto or an existing file")
+    if prior and engine is Engine.keras_tuner:
+        raise fail("--prior needs --engine optuna (KerasTuner's oracles take no queued trials)")
+    if prior:
+        from tlsearch.priors import load_priors
+
+        with one_line_errors():
+            load_priors(prior)  # an unreadable source stops here, before any work
     config = SearchConfig(
         data_dir=str(data_dir), space=space, overrides=tuple(set_ or ()), study=study,
         out=str(out), storage=storage, trials=trials, timeout=timeout,
@@ -375,7 +385,8 @@ def search(
         ranker=ranker.value,
         keep_top_backbones=keep_top_backbones, baselines=baselines,
         max_latency_ms=max_latency_ms, max_params=max_params, engine=engine.value,
-        kt_oracle=kt_oracle.value, worker_memory_mb=worker_memory_mb)
+        kt_oracle=kt_oracle.value, worker_memory_mb=worker_memory_mb,
+        priors=tuple(str(p.resolve()) for p in prior or ()))
     if workers > 1 and not isolate:
         raise fail("--workers > 1 needs worker processes; drop --no-isolate")
     _run(config, workers, isolate=isolate)
@@ -585,6 +596,23 @@ def export(
                       f"ECE {exported['ece']:.3f}, {summary['latency_ms']:.1f} ms per image")
     for name, check in summary.get("tflite", {}).items():
         console.print(f"  {name}: {escape(json.dumps(check))}")
+
+
+@app.command()
+def priors(
+    study_dirs: Annotated[list[Path], typer.Argument(help="Finished study folders.")],
+    out: Annotated[Path, typer.Option("--out", dir_okay=False,
+                                      help="The priors file to write (JSON).")],
+    top: Annotated[int, typer.Option(min=1, help="Best trials taken from each study.")] = 3,
+) -> None:
+    """Write the best strategies of studies to a file for `search --prior FILE`."""
+    from tlsearch.priors import load_priors, write_priors
+
+    with one_line_errors():
+        found = load_priors(study_dirs, top=top)
+        write_priors(found, out)
+    console.print(f"Wrote {len(found)} prior strategy(ies) from {len(study_dirs)} stud(ies) "
+                  f"to [bold]{escape(str(out))}[/].")
 
 
 @app.command()

@@ -17,11 +17,12 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from tlsearch.data import DatasetError
     from tlsearch.demo import DemoDataError
     from tlsearch.export import ExportError
+    from tlsearch.priors import PriorError
     from tlsearch.space import SpaceError
     from tlsearch.study import SearchError
 
     return (SearchError, SpaceError, DatasetError, WeightsError, UnknownBackboneError,
-            ExportError, DemoDataError)
+            ExportError, DemoDataError, PriorError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -8,9 +8,9 @@ head. So each trial's head starts from a solve instead (LP-FT, Kumar et al., ICL
 features (any scale: see `standard_scale`), and its classifier is scikit-learn's
 multinomial `LogisticRegression` (L-BFGS, class-balanced sample weights where the
 strategy fights imbalance) on the standardized features, with the regularisation
-strength chosen on validation from a small grid (ties, common on a validation split of
-a hundred images, go to the lower validation log-loss: the finer measure of the same
-fit). Only training and validation images are used.
+strength chosen on validation from a small grid by the one-standard-error rule:
+scikit-learn's C = 1 unless another C beats it by more than the noise of a validation
+split of a hundred images (`choose_c`). Only training and validation images are used.
 
 The grid is walked from the strongest regularisation up, each fit warm-started from
 the last, with at most `MAX_ITER` steps to `TOL`: on pretrained features this
@@ -28,10 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["C_GRID", "MAX_ITER", "TOL", "LinearHead", "solve_linear_head"]
+__all__ = ["C_GRID", "DEFAULT_C", "MAX_ITER", "TOL", "LinearHead", "choose_c",
+           "solve_linear_head"]
 
-#: Inverse L2 strengths tried; the one with the best validation score is kept.
+#: Inverse L2 strengths tried on validation.
 C_GRID = (0.01, 0.1, 1.0, 10.0)
+#: Kept unless another C beats it on validation by more than one standard error:
+#: scikit-learn's default, on standardized features a strong choice at any size measured
+#: (benchmarks/RESULTS-head-floor.md), where picking the best of four C on a hundred
+#: validation images mostly picks noise.
+DEFAULT_C = 1.0
 MAX_ITER = 500
 TOL = 1e-5
 _CACHE: OrderedDict[str, LinearHead] = OrderedDict()
@@ -103,6 +109,19 @@ def _walk(xt: np.ndarray, yt: np.ndarray, weights: np.ndarray | None, xv: np.nda
     return out
 
 
+def choose_c(scores: dict[float, tuple[float, float]], n_val: int) -> float:
+    """The one-standard-error rule: among the C whose validation score is within one
+    binomial standard error of the best, the nearest to `DEFAULT_C` (log scale); then
+    the better (score, -log-loss).
+
+    `scores` maps C to (validation score, -log-loss).
+    """
+    best = max(score for score, _ in scores.values())
+    se = np.sqrt(max(best * (1 - best), 0.0) / max(n_val, 1))
+    close = [c for c, (score, _) in scores.items() if score >= best - se - 1e-12]
+    return min(close, key=lambda c: (abs(np.log10(c / DEFAULT_C)), tuple(-v for v in scores[c])))
+
+
 def _cv_choice(x: np.ndarray, y: np.ndarray, balanced: bool, metric: str,
                c_grid: tuple[float, ...], folds: int) -> float | None:
     """The C with the best mean (score, -log-loss) over stratified folds of `x`, or None
@@ -127,7 +146,7 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
                       y_val: np.ndarray, n_classes: int, *, balanced: bool,
                       metric: str = "balanced_accuracy",
                       c_grid: tuple[float, ...] | None = None,
-                      folds: int = 0) -> LinearHead:
+                      folds: int = 0, rule: str = "1se") -> LinearHead:
     """Fit the head on pooled training features; choose C on the validation features.
 
     Args:
@@ -136,6 +155,8 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
         c_grid: the C values to try (default `C_GRID`); one value selects nothing.
         folds: choose C by stratified `folds`-fold cross-validation over train and
             validation together instead of on validation alone (0: validation).
+        rule: on validation, `1se` (`choose_c`) or `best` (the best score, ties to the
+            lower log-loss, then to the stronger regularisation).
 
     Results are cached by the bytes of the inputs: trials that share features share
     the solve.
@@ -148,8 +169,8 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     key = hashlib.sha256(b"".join([
         train.tobytes(), np.asarray(y_train).tobytes(), val.tobytes(),
         np.asarray(y_val).tobytes(),
-        repr((n_classes, balanced, metric, c_grid, MAX_ITER, TOL, folds,
-              "log-loss ties")).encode(),
+        repr((n_classes, balanced, metric, c_grid, MAX_ITER, TOL, folds, rule,
+              DEFAULT_C, "log-loss ties")).encode(),
     ])).hexdigest()
     if key in _CACHE:
         _CACHE.move_to_end(key)
@@ -165,7 +186,12 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
               if folds and len(c_grid) > 1 else None)
     walk = _walk(xt, y_train, weights, xv, y_val, metric,
                  c_grid if chosen is None else (chosen,))
-    (score, _), c, coef, intercept, classes = max(walk, key=lambda row: row[0])
+    if chosen is None and rule == "1se" and len(walk) > 1:
+        chosen = choose_c({row[1]: row[0] for row in walk}, len(y_val))
+        row = next(row for row in walk if row[1] == chosen)
+    else:
+        row = max(walk, key=lambda row: row[0])
+    (score, _), c, coef, intercept, classes = row
     kernel = np.zeros((train.shape[1], n_classes))
     bias = np.full(n_classes, -30.0)  # a class absent from training gets ~0 probability
     seen = classes.astype(int)

@@ -94,6 +94,9 @@ class SearchConfig:
     #: A supervised worker whose resident memory passes this many MB after a trial is
     #: replaced by a fresh one (None: never).
     worker_memory_mb: float | None = None
+    #: Earlier studies (or priors files) whose best strategies are enqueued first
+    #: (`tlsearch.priors`).
+    priors: tuple[str, ...] = ()
 
     @property
     def study_dir(self) -> Path:
@@ -106,6 +109,7 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["overrides"] = list(self.overrides)
+        data["priors"] = list(self.priors)
         return data
 
     @classmethod
@@ -113,6 +117,7 @@ class SearchConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["overrides"] = tuple(values.get("overrides", ()))
+        values["priors"] = tuple(values.get("priors", ()))
         return cls(**values)
 
 
@@ -808,7 +813,35 @@ def _initialise(handle: StudyHandle, space: Any, weights: dict[str, str], data: 
                                                 "strategy": strategy.to_dict()})
         emit("notice", {"message": f"baseline recipes enqueued first, on {top}: "
                                    + ", ".join(b.name for b, _ in baseline_strategies(base))})
+    if config.priors:
+        _enqueue_priors(handle, space, emit)
     study.set_user_attr("initialised", True)
+
+
+def _enqueue_priors(handle: StudyHandle, space: Any, emit: Callable[[str, dict], None]) -> None:
+    """Enqueue the best strategies of earlier studies, mapped onto this space, after the
+    baselines: ordinary trials from there on (sampled, pruned, seen by the sampler)."""
+    from tlsearch.priors import load_priors, map_onto
+
+    priors = load_priors([Path(p) for p in handle.config.priors])
+    seen: set[str] = set()
+    used, dropped = [], 0
+    for prior in priors:
+        params = map_onto(space, prior)
+        key = json.dumps(params, sort_keys=True, default=str)
+        if params is None or key in seen:
+            dropped += params is None
+            continue
+        seen.add(key)
+        handle.study.enqueue_trial(params, user_attrs={"prior": {
+            "source": prior.source, "trial": prior.trial, "value": prior.value}})
+        used.append({"source": prior.source, "trial": prior.trial, "value": prior.value,
+                     "params": params})
+    handle.study.set_user_attr("priors", used)
+    emit("notice", {"message": f"{len(used)} strategy(ies) from {len(handle.config.priors)} "
+                               "earlier stud(ies) enqueued after the baselines"
+                               + (f"; {dropped} left out (backbone not in this space)"
+                                  if dropped else "")})
 
 
 #: errno values that mean "this disk cannot take the write", not "the code is wrong".
