@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from tlsearch.head import C_GRID as HEAD_C_GRID
+from tlsearch.head import DEFAULT_C as HEAD_DEFAULT_C
 from tlsearch.head import MAX_ITER as HEAD_MAX_ITER
 from tlsearch.head import TOL as HEAD_TOL
 
@@ -507,16 +508,19 @@ head.layers[1].set_weights([mean, std**2])
     return code + f'''z_train = head.layers[1](f_train).numpy()
 z_val = head.layers[1](f_val).numpy()
 weights = {"compute_sample_weight('balanced', yt)" if balanced else "None"}
-# C from strong to weak regularisation, each fit warm-started from the last; a tie in
-# score goes to the lower validation log-loss.
-lr, best = LogisticRegression(max_iter={HEAD_MAX_ITER}, tol={HEAD_TOL}, warm_start=True), None
+# C from strong to weak regularisation, each fit warm-started from the last; C = 1 is
+# kept unless another C beats it on validation by more than one standard error.
+lr, fits = LogisticRegression(max_iter={HEAD_MAX_ITER}, tol={HEAD_TOL}, warm_start=True), {{}}
 for c in {tuple(sorted(HEAD_C_GRID))!r}:
     lr.set_params(C=c).fit(z_train, yt, sample_weight=weights)
     rank = (balanced_accuracy_score(yv, lr.predict(z_val)),
             -log_loss(yv, lr.predict_proba(z_val), labels=lr.classes_))
-    if best is None or rank > best[0]:
-        best = (rank, lr.coef_.T.copy(), lr.intercept_.copy())
-_, kernel, bias = best
+    fits[c] = (rank, lr.coef_.T.copy(), lr.intercept_.copy())
+top = max(rank[0] for rank, _, _ in fits.values())
+se = np.sqrt(top * (1 - top) / len(yv))
+close = [c for c, (rank, _, _) in fits.items() if rank[0] >= top - se - 1e-12]
+c = min(close, key=lambda c: (abs(np.log10(c / {HEAD_DEFAULT_C})), -fits[c][0][0], -fits[c][0][1]))
+_, kernel, bias = fits[c]
 if kernel.shape[1] == 1:  # two classes: scikit-learn keeps one row
     kernel, bias = np.concatenate([-kernel, kernel], 1) / 2, np.array([-bias[0], bias[0]]) / 2
 head.layers[-1].set_weights([kernel.astype("float32"), bias.astype("float32")])
