@@ -77,6 +77,10 @@ def test_priors_from_one_study_start_the_next_and_a_file_carries_them(tmp_path):
             assert queued.params == origin.params
             assert queued.user_attrs["prior"]["trial"] == origin.number
         assert len(study.user_attrs["priors"]) == len(firsts)
+    from tlsearch.report import build_report
+
+    html = build_report(tmp_path / "studies" / "b", tmp_path / "b.html").read_text()
+    assert f"(prior: a ({data}) #{firsts[0].number})" in html
 
 
 def test_bad_prior_sources_are_one_line(tmp_path):

@@ -339,6 +339,7 @@ def _trial_record(t: Any, tdir: Path) -> tuple[dict[str, Any], np.ndarray | None
             "resumed_from_checkpoint") else "scratch"),
         "resumed_from_step": attrs.get("resumed_from_step", result.get("resumed_from_step")),
         "baseline": attrs.get("baseline"),
+        "prior": attrs.get("prior"),  # {source, trial, value}: enqueued from --prior
         "notes": list(result.get("notes") or []),
         "has_result": bool(result),
         "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
@@ -1513,6 +1514,8 @@ def _board_row(t: dict[str, Any]) -> dict[str, Any]:
     return {
         "rank": t.get("rank"), "number": t["number"], "value": t["value"],
         "baseline": display(t["baseline"]) if t.get("baseline") else None,
+        "prior": (f"{display(t['prior']['source'])} #{t['prior']['trial']}"
+                  if t.get("prior") else None),
         "eligible": t.get("eligible", True),
         "accuracy": t["metrics"].get("accuracy"),
         "balanced_accuracy": t["metrics"].get("balanced_accuracy"),
