@@ -175,11 +175,12 @@ def main() -> None:
     ]
     for r in rows:
         b = r["real"]["baselines"]
+        rand = "not run" if r["rand"] is None else f"{r['rand']['test']:.3f}"
         lines.append(
             f"| {r['seed']} | **{r['real']['test']:.3f}** | {r['real']['val']:.3f} | "
             f"{r['real']['val'] - r['real']['test']:+.3f} | "
             f"{b.get('keras_io', float('nan')):.3f} | {b.get('fastai_fine_tune', float('nan')):.3f}"
-            f" | {b.get('linear_probe', float('nan')):.3f} | {'not run' if r['rand'] is None else f"{r['rand']['test']:.3f}"} | "
+            f" | {b.get('linear_probe', float('nan')):.3f} | {rand} | "
             f"{r['pixels']:.3f} | {r['features']:.3f} | {r['real']['seconds'] / 60:.1f} |")
     lines += ["", "Like with like (issue #24): the linear-probe recipe (tlsearch's head solve, C "
               "chosen on validation) against scikit-learn's StandardScaler + LogisticRegression "
