@@ -116,6 +116,9 @@ def test_export_ensemble_through_the_cli_is_scored_once_on_test(tmp_path):
     both = runner.invoke(app, ["export", "s", "--out", str(tmp_path / "b"), *studies,
                                "--soup", "--ensemble"])
     assert both.exit_code == 2 and "choose one" in both.output
+    retrained = runner.invoke(app, ["export", "s", "--out", str(tmp_path / "r"), *studies,
+                                    "--ensemble", "--retrain", "train+val"])
+    assert retrained.exit_code == 2 and "trains on" in retrained.output
 
 
 def test_the_report_shows_what_was_exported_against_the_trial(tmp_path):

@@ -124,6 +124,9 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     if soup and ensemble:
         raise ExportError("--soup and --ensemble: choose one (a soup is one model, an "
                           "ensemble runs several)")
+    if (soup or ensemble) and retrain != "none":
+        raise ExportError(f"--{'soup' if soup else 'ensemble'} chooses its members on the "
+                          "validation images, which --retrain train+val trains on: use one")
     config = load_config(study_dir)
     handle = open_study(config, create=False)
     chosen = _pick_trial(handle, trial)
@@ -147,9 +150,9 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
 
     val = _ValImages(strategy, split, config)
     souped = ensembled = None
-    if soup and retrain == "none":
+    if soup:
         souped = _soup(model, chosen, val, handle)
-    if ensemble and retrain == "none":
+    if ensemble:
         model, ensembled, member_probs = _ensemble(model, chosen, val, handle)
     from tlsearch.calibration import fit_temperature
 
