@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tlsearch.strategy import ALL_BLOCKS, Strategy
 
-__all__ = ["BASELINES", "Baseline", "baseline_strategies"]
+__all__ = ["BASELINES", "Baseline", "baseline_strategies", "floor_of", "is_linear_probe"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,16 @@ def baseline_strategies(base: Strategy, names: tuple[str, ...] | None = None
     """Each requested recipe applied to `base` (backbone, size, weights, seed, epochs)."""
     chosen = [b for b in BASELINES if names is None or b.name in names]
     return [(b, b.recipe(base)) for b in chosen]
+
+
+def floor_of(strategy: Strategy) -> Strategy:
+    """The linear probe on `strategy`'s own backbone, size and weights: the floor that
+    strategy's fine-tuning has to beat."""
+    return _linear_probe(strategy)
+
+
+def is_linear_probe(strategy: Strategy) -> bool:
+    """A solved linear head on a frozen backbone (what `floor_of` builds)."""
+    return (strategy.unfreeze_blocks == 0 and strategy.head_hidden_units == 0
+            and strategy.head_init == "solve")
+

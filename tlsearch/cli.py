@@ -192,6 +192,11 @@ class Ranker(str, Enum):  # the names of tlsearch.rank.RANKERS (a test keeps the
     size = "size"
 
 
+class Select(str, Enum):  # the names of tlsearch.recommend.RULES (a test keeps them equal)
+    one_se = "1se"
+    best = "best"
+
+
 class Metric(str, Enum):
     balanced_accuracy = "balanced_accuracy"
     accuracy = "accuracy"
@@ -362,6 +367,11 @@ def search(
     prior: Annotated[list[Path] | None, typer.Option(
         help="An earlier study folder (or a file from `tlsearch priors`) whose best "
              "strategies start this search, after the baselines; repeatable.")] = None,
+    select: Annotated[Select, typer.Option(
+        help="How the recommendation is chosen: 1se, the trial with the fewest trained "
+             "parameters within one standard error of the best validation score (the "
+             "budget's last trial then checks the linear probe on the best trial's "
+             "backbone), or best, the top validation score.")] = Select.one_se,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.study import SearchConfig
@@ -386,7 +396,7 @@ def search(
         keep_top_backbones=keep_top_backbones, baselines=baselines,
         max_latency_ms=max_latency_ms, max_params=max_params, engine=engine.value,
         kt_oracle=kt_oracle.value, worker_memory_mb=worker_memory_mb,
-        priors=tuple(str(p.resolve()) for p in prior or ()))
+        priors=tuple(str(p.resolve()) for p in prior or ()), select=select.value)
     if workers > 1 and not isolate:
         raise fail("--workers > 1 needs worker processes; drop --no-isolate")
     _run(config, workers, isolate=isolate)

@@ -77,7 +77,8 @@ def _predict(model_path: Path, paths: list[Path], size: int) -> np.ndarray:
 
 
 def score_holdout(handle: Any) -> dict[str, Any] | None:
-    """Score the recommended trial and the baselines on the test split, each once.
+    """Score the recommended trial, the baselines and the floor check on the test split,
+    each once.
 
     Returns the stored record, or None when the study's split has no test part.
     """
@@ -92,11 +93,18 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
     if not split.test:
         return None
     metric = handle.study.user_attrs.get("metric") or handle.space.objective
-    best = study_summary(handle, top=1)["best"]
-    wanted = {t.number: t.user_attrs.get("baseline") for t in handle.study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("baseline")}
+    summary = study_summary(handle, top=1)
+    best = summary["best"]
+    complete = handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    wanted = {t.number: t.user_attrs.get("baseline") for t in complete
+              if t.user_attrs.get("baseline") or t.user_attrs.get("floor") is not None}
+    floors = {t.number: t.user_attrs["floor"] for t in complete
+              if t.user_attrs.get("floor") is not None}
     if best is not None:
         wanted.setdefault(best["number"], None)
+        # The top validation trial too, when the one-standard-error rule chose another:
+        # measured after the choice, so the report can say what the rule changed.
+        wanted.setdefault(summary["selection"]["best"], None)
     record = holdout_scores(handle)
     scores = dict(record.get("scores") or {})
     root = Path(handle.config.data_dir)
@@ -121,6 +129,7 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
         value, low, high = bootstrap_interval(labels, probs, metric)
         scores[str(number)] = {
             "value": value, "low": low, "high": high, "baseline": baseline,
+            "floor_of": floors.get(number),
             "metrics": {k: metrics[k] for k in ("balanced_accuracy", "accuracy", "macro_f1")},
             "model_mtime_ns": stamp,
         }

@@ -69,7 +69,9 @@ class SearchProgress:
                                  description=self._describe())
             retry = f" (retry of #{info['retry_of']})" if info.get("retry_of") is not None else ""
             who = f"worker {info['worker']}: " if "worker" in info else ""
-            what = f" (baseline {info['baseline']})" if info.get("baseline") else ""
+            what = (f" (baseline {info['baseline']})" if info.get("baseline") else
+                    f" (floor check of trial #{info['floor']})" if info.get("floor") is not None
+                    else "")
             print_(f"[dim]{who}trial #{info['number']}{retry}{what}: {escape(s.describe())}[/]")
         elif kind == "epoch":
             self.current = f"#{info['trial']} step {info['step']} = {info['value']:.3f}"
@@ -114,6 +116,12 @@ class SearchProgress:
                 f", accuracy {metrics.get('accuracy', 0):.3f}):")
         c.print(f"  {escape(strategy.describe())}")
         c.print(f"  weights used: {escape(strategy.weights)}")
+        chosen = outcome.selection or {}
+        if chosen.get("best") not in (None, best["number"]):
+            c.print(f"  chosen over trial #{chosen['best']} (validation "
+                    f"{100 * chosen['margin']:.1f} points higher, within one standard error "
+                    f"of {100 * (chosen['standard_error'] or 0):.1f}): it trains fewer "
+                    "parameters (--select best to take the top trial)")
         from tlsearch.holdout import score_of
 
         test = score_of(holdout, best["number"])
@@ -125,6 +133,9 @@ class SearchProgress:
                 if row.get("baseline") and int(number) != best["number"]:
                     c.print(f"  baseline {escape(row['baseline'])} (trial #{number}) on test: "
                             f"{row['value']:.3f}")
+                elif row.get("floor_of") is not None and int(number) != best["number"]:
+                    c.print(f"  floor: linear probe on trial #{row['floor_of']}'s backbone "
+                            f"(trial #{number}) on test: {row['value']:.3f}")
         else:
             c.print("  [yellow]no held-out test score[/]: the validation score above was "
                     "used to select, so it is optimistic")

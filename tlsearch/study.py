@@ -97,6 +97,9 @@ class SearchConfig:
     #: Earlier studies (or priors files) whose best strategies are enqueued first
     #: (`tlsearch.priors`).
     priors: tuple[str, ...] = ()
+    #: How the recommendation is chosen (`tlsearch.recommend.RULES`): "1se", the
+    #: simplest trial within one standard error of the best on validation, or "best".
+    select: str = "1se"
 
     @property
     def study_dir(self) -> Path:
@@ -522,6 +525,7 @@ class SearchOutcome:
     recovered: list[int] = field(default_factory=list)
     study_dir: Path | None = None
     crashed: list[dict[str, Any]] = field(default_factory=list)  # see fail_crashed_trials
+    selection: dict[str, Any] | None = None  # tlsearch.recommend.Selection.to_dict()
 
 
 class _Heartbeat:
@@ -844,6 +848,51 @@ def _enqueue_priors(handle: StudyHandle, space: Any, emit: Callable[[str, dict],
                                   if dropped else "")})
 
 
+def _enqueue_floor(handle: StudyHandle, emit: Callable[[str, dict], None]) -> None:
+    """Give the budget's last trial to the linear probe on the best trial's own backbone
+    and size, when the best fine-tunes and nothing has measured that floor yet.
+
+    The one-standard-error rule (`tlsearch.recommend`) can then prefer the probe when
+    fine-tuning does not beat it by more than chance, and the report measures the
+    recommendation against it on the test split.
+    """
+    from optuna.trial import TrialState
+
+    from tlsearch.baselines import BASELINES, floor_of, is_linear_probe
+    from tlsearch.strategy import Strategy
+
+    config, study = handle.config, handle.study
+    if (not config.baselines or config.select != "1se"
+            or config.trials < 2 * len(BASELINES)):
+        return
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return  # queued retries come first; they take the slot
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+                       and t.user_attrs.get("strategy")
+                       and meets_constraints(config, t.user_attrs.get("latency_ms"),
+                                             t.user_attrs.get("params_total"))),
+                      key=lambda t: (-t.value, t.number))
+    if not complete:
+        return
+    best = complete[0]
+    strategy = Strategy.from_dict(best.user_attrs["strategy"])
+    if strategy.unfreeze_blocks == 0 and strategy.head_hidden_units == 0:
+        return  # a linear head on frozen features already
+    for t in trials:
+        s = t.user_attrs.get("strategy")
+        if (s and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+                and s["backbone"] == strategy.backbone
+                and int(s["image_size"]) == strategy.image_size
+                and is_linear_probe(Strategy.from_dict(s))):
+            return  # measured already
+    floor = floor_of(strategy)
+    study.enqueue_trial({}, user_attrs={"floor": best.number, "strategy": floor.to_dict()})
+    emit("notice", {"message": f"last trial: the linear probe on {strategy.backbone}@"
+                               f"{strategy.image_size}, the floor trial {best.number}'s "
+                               "fine-tuning has to beat"})
+
+
 #: errno values that mean "this disk cannot take the write", not "the code is wrong".
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -982,16 +1031,20 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             stopped = "timeout"
             break
         with _admission(handle):
-            if _finished_count(study, with_running=True) >= config.trials:
+            finished = _finished_count(study, with_running=True)
+            if finished >= config.trials:
                 break
+            if finished == config.trials - 1:  # the last slot checks the floor
+                _enqueue_floor(handle, emit)
             trial = study.ask()
             # Claim it at once: a trial without an owner can only be recovered by age.
             trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
                                            "started": _process_start(os.getpid()),
                                            "supervisor": supervisor})
         attrs = trial.user_attrs  # enqueued retries carry their strategy and checkpoint
+        fixed = bool(attrs.get("baseline")) or attrs.get("floor") is not None
         if attrs.get("strategy"):
-            if not attrs.get("baseline"):  # baselines stay out of the sampler's sight
+            if not fixed:  # baselines and the floor stay out of the sampler's sight
                 space.sample(trial, weights="none", seed=config.seed)  # registers params
             strategy = Strategy.from_dict(attrs["strategy"])
         else:
@@ -1007,10 +1060,10 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
         emit("trial_start", {"number": trial.number, "strategy": strategy,
                              "finished": _finished_count(study), "total": config.trials,
                              "retry_of": attrs.get("retry_of"),
-                             "baseline": attrs.get("baseline")})
+                             "baseline": attrs.get("baseline"), "floor": attrs.get("floor")})
         trial.set_user_attr("pruning_offset", pruning_offset(strategy))
         reporter = _OptunaReporter(trial, lambda info: emit("epoch", info),
-                                   prunable=not attrs.get("baseline"),
+                                   prunable=not fixed,
                                    crash_with=_crash_hook(crash_trials, trial.number, attrs),
                                    offset=pruning_offset(strategy))
         try:
@@ -1069,7 +1122,8 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
             break
     summary = study_summary(handle)
     return SearchOutcome(best=summary["best"], counts=summary["counts"], stopped=stopped,
-                         recovered=recovered, study_dir=handle.dir)
+                         recovered=recovered, study_dir=handle.dir,
+                         selection=summary["selection"])
 
 
 #: Complete trials whose final model is kept on disk for `tlsearch export`.
@@ -1091,7 +1145,7 @@ def _keep_model_if_top(handle: StudyHandle, number: int, result: Any) -> None:
             t.value if t.state == TrialState.COMPLETE else None)
         if value is None:
             continue
-        if t.user_attrs.get("baseline"):
+        if t.user_attrs.get("baseline") or t.user_attrs.get("floor") is not None:
             keep.add(t.number)
         if meets_constraints(config, t.user_attrs.get("latency_ms"),
                              t.user_attrs.get("params_total")):
@@ -1121,6 +1175,7 @@ def _record_attrs(trial: Any, result: Any) -> None:
         "balanced_accuracy", "accuracy", "macro_f1") if k in result.metrics})
     trial.set_user_attr("latency_ms", result.latency_ms)
     trial.set_user_attr("params_total", result.params.get("total"))
+    trial.set_user_attr("params_trainable", result.params.get("trainable_max"))
     trial.set_user_attr("seconds", result.timings.get("total"))
     trial.set_user_attr("cached", result.cached)
     trial.set_user_attr("cache", result.cache)
@@ -1141,6 +1196,8 @@ def study_summary(handle: StudyHandle, *, top: int = 10) -> dict[str, Any]:
     """Leaderboard, counts by state and failures, from the storage alone."""
     from optuna.trial import TrialState
 
+    from tlsearch.recommend import recommend_trial
+
     trials = handle.study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:
@@ -1155,14 +1212,15 @@ def study_summary(handle: StudyHandle, *, top: int = 10) -> dict[str, Any]:
               "eligible": meets_constraints(config, t.user_attrs.get("latency_ms"),
                                             t.user_attrs.get("params_total")),
               "metrics": t.user_attrs.get("metrics", {})} for t in complete]
-    eligible = [row for row in board if row["eligible"]]
+    selection = recommend_trial(handle)
+    best = next((row for row in board if selection and row["number"] == selection.chosen), None)
     failures = [{"number": t.number, "reason": t.user_attrs.get("failure_reason", "unknown"),
                  "detail": t.user_attrs.get("failure_detail", "")}
                 for t in trials if t.state == TrialState.FAIL]
     return {"study": handle.config.study, "metric": handle.study.user_attrs.get("metric"),
             "counts": counts, "leaderboard": board[:top], "failures": failures,
-            "best": eligible[0] if eligible else None,
-            "excluded_by_constraints": len(board) - len(eligible),
+            "best": best, "selection": selection.to_dict() if selection else None,
+            "excluded_by_constraints": sum(not row["eligible"] for row in board),
             "ranking": handle.study.user_attrs.get("ranking") or [],
             # held-out test scores of the recommendation and baselines (tlsearch.holdout)
             "test": handle.study.user_attrs.get("holdout") or None}

@@ -283,7 +283,8 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
             outer["stopped"] = "all_failed"
     summary = study_summary(handle)
     return SearchOutcome(best=summary["best"], counts=summary["counts"],
-                         stopped=outer["stopped"], study_dir=handle.dir)
+                         stopped=outer["stopped"], study_dir=handle.dir,
+                         selection=summary["selection"])
 
 
 class _AttrCollector:

@@ -270,4 +270,5 @@ def run_workers(config: SearchConfig, workers: int = 1, *,
     recovered = sorted({n for e in final.values() for n in e.get("recovered", [])})
     summary = study_summary(open_study(config, create=False))
     return SearchOutcome(best=summary["best"], counts=summary["counts"], stopped=stopped,
-                         recovered=recovered, study_dir=handle.dir, crashed=crashes)
+                         recovered=recovered, study_dir=handle.dir, crashed=crashes,
+                         selection=summary["selection"])

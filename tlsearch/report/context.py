@@ -339,6 +339,7 @@ def _trial_record(t: Any, tdir: Path) -> tuple[dict[str, Any], np.ndarray | None
             "resumed_from_checkpoint") else "scratch"),
         "resumed_from_step": attrs.get("resumed_from_step", result.get("resumed_from_step")),
         "baseline": attrs.get("baseline"),
+        "floor": attrs.get("floor"),  # the trial whose backbone this linear probe checks
         "prior": attrs.get("prior"),  # {source, trial, value}: enqueued from --prior
         "notes": list(result.get("notes") or []),
         "has_result": bool(result),
@@ -1309,8 +1310,10 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
     for rank, t in enumerate(complete, start=1):
         t["rank"] = rank
     constraints = _constraints(config, complete)
-    eligible = [t for t in complete if t["eligible"]]
-    best = eligible[0] if eligible else None
+    from tlsearch.recommend import recommend_trial
+
+    selection = recommend_trial(handle)
+    best = next((t for t in complete if selection and t["number"] == selection.chosen), None)
 
     def spec_of(s: dict[str, Any] | None) -> Any:
         try:
@@ -1351,6 +1354,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
             "trial": best["number"], "value": best["value"], "ci": ci, "ci_note": ci_note,
             "n_val": n_val, "resamples": BOOTSTRAP_RESAMPLES,
             "within_interval": within,
+            "selection": _selection_text(selection, complete, metric),
             "describe": _describe(s),
             "rows": _recipe_rows(s, spec, best["params_total"]) if s else [],
             "weights": s.get("weights"), "weights_text": weights_text,
@@ -1446,7 +1450,10 @@ def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
     recipes = {b.name: b for b in BASELINES}
     rows = []
     for t in trials:
-        name = t["baseline"]
+        name = t["baseline"] or ("floor" if t.get("floor") is not None else None)
+        if name == "floor":
+            titles["floor"] = (f"linear probe on trial #{t['floor']}'s backbone and size "
+                               "(the floor check)")
         if not name or t["state"] in ("waiting",) or (
                 t["failure_reason"] in NOT_THE_RECIPE and t["state"] == "failed"):
             continue
@@ -1468,6 +1475,21 @@ def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
                 row["time_ratio"] = best["seconds"] / t["seconds"]
         rows.append(row)
     return rows
+
+
+def _selection_text(selection: Any, complete: list[dict[str, Any]], metric: str) -> str | None:
+    """Why this trial and not the top of the leaderboard, in one sentence (None when
+    the recommendation is the best validation score)."""
+    if selection is None or selection.chosen == selection.best:
+        return None
+    label = METRIC_LABELS.get(metric, metric)
+    best = next((t for t in complete if t["number"] == selection.best), None)
+    top = f"trial #{selection.best}" + (f" ({_short(best['strategy'])})" if best else "")
+    return (f"Recommended over {top}, whose {label} on validation is "
+            f"{100 * selection.margin:.1f} points higher: that lead is within one standard "
+            f"error of the difference ({100 * (selection.standard_error or 0):.1f} points, "
+            "paired bootstrap over the validation images), and this trial trains fewer "
+            "parameters. Search with --select best to recommend the top trial instead.")
 
 
 def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""The recommendation rule: the simplest trial within one standard error of the best, and
+the floor check that gives it a linear probe on the best trial's own backbone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tlsearch.recommend import Candidate, paired_standard_error, select
+
+
+def _probs(pred: np.ndarray, k: int = 3) -> np.ndarray:
+    return np.eye(k)[pred] * 0.9 + 0.1 / k
+
+
+def test_a_simpler_trial_within_one_standard_error_is_recommended():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=200)
+    big = labels.copy()
+    big[:20] = (labels[:20] + 1) % 3  # 90% right
+    small = labels.copy()  # 89.5%: wrong on 21 images, 18 of them the same as `big`
+    small[2:22] = (labels[2:22] + 1) % 3
+    small[100] = (labels[100] + 1) % 3
+    weak = labels.copy()
+    weak[:80] = (labels[:80] + 1) % 3  # 60%
+    probs = {1: _probs(big), 2: _probs(small), 3: _probs(weak)}
+    from tlsearch.report.context import metric_value
+
+    value = {n: metric_value("accuracy", labels, p.argmax(1), 3) for n, p in probs.items()}
+    cands = [Candidate(1, value[1], 1_000_000), Candidate(2, value[2], 1_000),
+             Candidate(3, value[3], 10)]
+    chosen = select(cands, labels, probs, "accuracy")
+    assert (chosen.chosen, chosen.best) == (2, 1)
+    assert 0 < chosen.margin <= chosen.standard_error
+    # "best" keeps the top trial; no saved predictions for the best: the best too.
+    assert select(cands, labels, probs, "accuracy", rule="best").chosen == 1
+    assert select(cands, labels, {2: probs[2]}, "accuracy").chosen == 1
+    # A simpler trial without saved predictions, or of unknown size, is never preferred.
+    assert select([cands[0], Candidate(2, value[2], None)], labels, probs,
+                  "accuracy").chosen == 1
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select(cands, labels, probs, "accuracy", rule="median")
+
+
+def test_paired_standard_error_is_zero_for_identical_predictions():
+    labels = np.arange(30) % 3
+    p = _probs(labels)
+    assert paired_standard_error(labels, p, p, "balanced_accuracy") == 0.0
+    q = p.copy()
+    q[:3] = _probs((labels[:3] + 1) % 3)
+    assert paired_standard_error(labels, p, q, "balanced_accuracy") > 0
+
+
+def _add(study, number_value, strategy, **attrs):
+    import optuna
+
+    study.add_trial(optuna.trial.create_trial(
+        value=number_value, user_attrs={"strategy": strategy, **attrs}))
+
+
+def test_floor_check_takes_the_last_slot_for_the_best_trials_backbone(tmp_path):
+    from tests.test_study import TINY_SPACE
+    from tlsearch.recommend import recommend_trial
+    from tlsearch.strategy import Strategy
+    from tlsearch.study import MODEL_FILE, SearchConfig, _enqueue_floor, open_study
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1)
+                     .replace("tiny_cnn: [32]", "tiny_cnn: [32, 48]"))
+    config = SearchConfig(data_dir=str(tmp_path), space=str(space), study="s",
+                          out=str(tmp_path / "studies"), trials=6, weights="none")
+    handle = open_study(config)
+    probe32 = Strategy(backbone="tiny_cnn", image_size=32).to_dict()
+    tune48 = Strategy(backbone="tiny_cnn", image_size=48, unfreeze_blocks=1).to_dict()
+    _add(handle.study, 0.70, probe32, baseline="linear_probe")
+    _add(handle.study, 0.90, tune48)
+    notices = []
+    _enqueue_floor(handle, lambda kind, info: notices.append(info["message"]))
+    waiting = [t for t in handle.study.get_trials() if t.state.name == "WAITING"]
+    assert len(waiting) == 1 and waiting[0].user_attrs["floor"] == 1
+    floor = waiting[0].user_attrs["strategy"]
+    assert (floor["image_size"], floor["unfreeze_blocks"], floor["head_init"]) == (48, 0, "solve")
+    assert "tiny_cnn@48" in notices[0]
+    _enqueue_floor(handle, lambda kind, info: None)  # queued already: nothing more
+    assert sum(t.state.name == "WAITING" for t in handle.study.get_trials()) == 1
+    # With --select best there is no floor check.
+    best_only = open_study(SearchConfig(**dict(config.to_dict(), study="b", select="best",
+                                               overrides=(), priors=())))
+    _add(best_only.study, 0.90, tune48)
+    _enqueue_floor(best_only, lambda kind, info: None)
+    assert not any(t.state.name == "WAITING" for t in best_only.study.get_trials())
+
+    # The floor trial finishes 1 point below the fine-tune on 100 validation images:
+    # within one standard error, so it is recommended.
+    handle.study.tell(handle.study.ask().number, 0.89)
+    labels = np.arange(100) % 2
+    tuned, probe = labels.copy(), labels.copy()
+    tuned[:10] = 1 - labels[:10]
+    probe[1:11] = 1 - labels[1:11]  # 89%, wrong where the fine-tune is, but for 3 images
+    probe[[50]] = 1 - labels[[50]]
+    from tlsearch.data import Split
+
+    Split(classes=("a", "b"), train=(), val=tuple((f"{i}.png", int(y)) for i, y in
+                                                   enumerate(labels))).save(
+        handle.dir / "split.json")
+    for number, pred, trainable in ((1, tuned, 50_000), (2, probe, 66)):
+        tdir = handle.trial_dir(number)
+        tdir.mkdir(parents=True)
+        (tdir / MODEL_FILE).write_bytes(b"kept")
+        (tdir / "result.json").write_text(json.dumps({
+            "params": {"trainable_max": trainable},
+            "val_probabilities": _probs(pred, 2).tolist()}))
+    selection = recommend_trial(handle)
+    assert (selection.chosen, selection.best) == (2, 1)
+    assert recommend_trial(best_only).chosen == 0
+
+
+def test_cli_choices_are_the_rules():
+    from tlsearch.cli import Select
+    from tlsearch.recommend import RULES
+
+    assert [r.value for r in Select] == list(RULES)
