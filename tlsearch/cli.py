@@ -317,6 +317,9 @@ def search(
     cache_dir: Annotated[Path | None, typer.Option(
         file_okay=False,
         help="Decode and frozen-prefix cache (default ~/.cache/tlsearch).")] = None,
+    cache_max_gb: Annotated[float | None, typer.Option(
+        min=0.0, help="Keep the frozen-prefix cache under this many GiB, evicting the "
+                      "least recently used entries (default: unbounded).")] = None,
     out: Annotated[Path, typer.Option("--out", "--studies", file_okay=False,
                                       help="Folder that holds study folders.")] = Path("studies"),
     pruner: Annotated[Pruner | None, typer.Option(
@@ -396,7 +399,8 @@ def search(
         keep_top_backbones=keep_top_backbones, baselines=baselines,
         max_latency_ms=max_latency_ms, max_params=max_params, engine=engine.value,
         kt_oracle=kt_oracle.value, worker_memory_mb=worker_memory_mb,
-        priors=tuple(str(p.resolve()) for p in prior or ()), select=select.value)
+        priors=tuple(str(p.resolve()) for p in prior or ()), select=select.value,
+        cache_max_gb=cache_max_gb)
     if workers > 1 and not isolate:
         raise fail("--workers > 1 needs worker processes; drop --no-isolate")
     _run(config, workers, isolate=isolate)

@@ -5,6 +5,11 @@ Entries are float16 `.npy` files (float32 where exact values matter) with a JSON
 holding their SHA-256; both are written to a temporary name and renamed into place, and
 a per-entry lock file makes concurrent workers wait for the one that computes. A torn or
 corrupt entry fails its checksum and is recomputed, never trusted.
+
+With a size bound (`search --cache-max-gb`), each write evicts the least recently used
+entries (a load touches its sidecar) until the data files fit, never the entry being
+written nor one another process is computing. An evicted entry is recomputed when next
+needed; a process that still has it memory-mapped keeps reading its pages.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     recomputed_corrupt: int = 0
+    evicted: int = 0
+    evicted_bytes: int = 0
 
 
 def _sha256_file(path: Path) -> str:
@@ -62,9 +69,10 @@ def _fsync_dir(path: Path) -> None:
 class FeatureCache:
     """Disk cache of prefix activations shared by trials and worker processes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, max_bytes: int | None = None) -> None:
         self.root = Path(root) / "features"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
         self.stats = CacheStats()
         self._verified: set[tuple] = set()
 
@@ -103,6 +111,10 @@ class FeatureCache:
             return None
         if list(array.shape) != meta.get("shape"):
             return None
+        try:
+            os.utime(meta_path)  # "recently used", for the size bound's eviction order
+        except OSError:
+            pass  # a read-only cache is still a cache
         return array
 
     def contains(self, key: str) -> bool:
@@ -127,10 +139,59 @@ class FeatureCache:
                 self.stats.recomputed_corrupt += 1
             self.stats.misses += 1
             self._write(key, _storable(np.asarray(compute()), dtype), meta or {})
+        if self.max_bytes is not None:
+            self.evict(self.max_bytes, keep=key)
         result = self.load(key)
         if result is None:  # pragma: no cover - only if the disk lies to us
             raise OSError(f"feature cache entry {key} could not be read back after writing")
         return result, False
+
+    def size_bytes(self) -> int:
+        """Bytes of the entries' data files."""
+        return sum(_size(p) for p in self.root.glob("*.npy"))
+
+    def evict(self, max_bytes: int, *, keep: str | None = None) -> int:
+        """Delete least recently used entries until the data fits in `max_bytes`;
+        returns the bytes freed. `keep` and entries locked by a computing process stay."""
+        entries = []
+        for data_path in self.root.glob("*.npy"):
+            key = data_path.stem
+            meta_path = self._paths(key)[1]
+            try:
+                used = meta_path.stat().st_mtime_ns
+            except OSError:
+                used = 0  # no sidecar: not a usable entry, the first to go
+            entries.append((used, key, _size(data_path)))
+        total = sum(size for _, _, size in entries)
+        freed = 0
+        for _, key, size in sorted(entries):
+            if total <= max_bytes:
+                break
+            if key == keep or not self._try_remove(key):
+                continue
+            total -= size
+            freed += size
+            self.stats.evicted += 1
+        self.stats.evicted_bytes += freed
+        return freed
+
+    def _try_remove(self, key: str) -> bool:
+        data_path, meta_path, lock_path = self._paths(key)
+        try:
+            fh = open(lock_path, "a+")
+        except OSError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # another process is computing or writing it
+            try:
+                data_path.unlink(missing_ok=True)  # data first: a reader then sees a miss
+                meta_path.unlink(missing_ok=True)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
 
     def _write(self, key: str, array: np.ndarray, meta: dict[str, Any]) -> None:
         data_path, meta_path, _ = self._paths(key)
@@ -151,6 +212,13 @@ class FeatureCache:
             _fsync_dir(self.root)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _storable(array: np.ndarray, dtype: Any) -> np.ndarray:

@@ -100,6 +100,9 @@ class SearchConfig:
     #: How the recommendation is chosen (`tlsearch.recommend.RULES`): "1se", the
     #: simplest trial within one standard error of the best on validation, or "best".
     select: str = "1se"
+    #: Bound on the frozen-prefix cache's data in GiB (least recently used entries are
+    #: evicted past it); None: unbounded.
+    cache_max_gb: float | None = None
 
     @property
     def study_dir(self) -> Path:
@@ -965,7 +968,8 @@ def prepare_search(config: SearchConfig, emit: Callable[[str, dict], None]) -> P
                         "the validation score, which the search selects on, so it is "
                         "optimistic"})
     data = TrialData.from_split(Path(config.data_dir), split, config.cache_path)
-    cache = FeatureCache(config.cache_path)
+    cache = FeatureCache(config.cache_path, max_bytes=None if config.cache_max_gb is None
+                         else int(config.cache_max_gb * 2**30))
 
     weights = _resolve_weights(handle, config.weights, lambda m: emit("notice", {"message": m}))
     if not weights:
