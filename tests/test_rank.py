@@ -98,7 +98,7 @@ def test_rank_command_prints_the_ranking(colour_data, tmp_path):
 
 def test_rankers_see_class_structure_and_agree_with_outcomes():
     from tlsearch.cli import Ranker
-    from tlsearch.rank import RANKERS, h_score, knn_accuracy, ranker_agreement
+    from tlsearch.rank import RANKERS, h_score, knn_accuracy, ranker_agreement, sfda
 
     assert [r.value for r in Ranker] == list(RANKERS)
     rng = np.random.default_rng(0)
@@ -107,7 +107,13 @@ def test_rankers_see_class_structure_and_agree_with_outcomes():
     noise = rng.normal(size=(60, 8))
     assert knn_accuracy(separable, labels) > 0.9 > 0.6 > knn_accuracy(noise, labels)
     assert h_score(separable, labels) > 2 * h_score(noise, labels)
-    rows = [{"key": k, "logme": v, "knn": v, "hscore": v, "probe_balanced_accuracy": v,
+    # SFDA is a mean own-class probability: near 1 when separable, near chance for noise,
+    # and defined when there are more dimensions than images (shrinkage keeps it solvable).
+    assert sfda(separable, labels) > 0.9 and sfda(noise, labels) < 0.7
+    wide = rng.normal(size=(30, 100)) + 3 * np.eye(3, 100)[labels[::2]]
+    assert 0.0 <= sfda(wide, labels[::2]) <= 1.0
+    rows = [{"key": k, "logme": v, "knn": v, "hscore": v, "sfda": v,
+             "probe_balanced_accuracy": v,
              "size": -v} for k, v in (("a@1", 3.0), ("b@1", 2.0), ("c@1", 1.0))]
     agreement = ranker_agreement(rows, {"a@1": 0.9, "b@1": 0.8, "c@1": 0.5})
     assert agreement["logme"]["tau"] == pytest.approx(1.0) and agreement["logme"]["regret"] == 0.0

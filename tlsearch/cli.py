@@ -188,6 +188,7 @@ class Ranker(str, Enum):  # the names of tlsearch.rank.RANKERS (a test keeps the
     logme = "logme"
     knn = "knn"
     hscore = "hscore"
+    sfda = "sfda"
     probe = "probe"
     size = "size"
 
@@ -225,7 +226,7 @@ def rank_command(
     ranker: Annotated[Ranker, typer.Option(
         help="Which score orders the table (every score is shown).")] = Ranker.logme,
 ) -> None:
-    """Rank the space's backbones on frozen features by five rankers, without training."""
+    """Rank the space's backbones on frozen features by six rankers, without training."""
     if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
         raise fail(f"--weights {weights!r}: not imagenet, none, auto or an existing file")
     _quiet_libraries()
@@ -236,11 +237,12 @@ def rank_command(
         return
     table = Table(title=f"Backbones ranked by {ranker.value} (higher transfers better)",
                   header_style="bold")
-    for column in ("#", "backbone", "LogME", "k-NN", "H-score", "probe", "GFLOPs", "s"):
+    for column in ("#", "backbone", "LogME", "k-NN", "H-score", "SFDA", "probe", "GFLOPs", "s"):
         table.add_column(column)
     for i, r in enumerate(rows, 1):
         table.add_row(str(i), r.key, f"{r.logme:.4f}", f"{r.knn:.3f}", f"{r.hscore:.2f}",
-                      f"{r.probe_balanced_accuracy:.3f}", f"{r.size:.2g}", f"{r.seconds:.1f}")
+                      f"{r.sfda:.3f}", f"{r.probe_balanced_accuracy:.3f}", f"{r.size:.2g}",
+                      f"{r.seconds:.1f}")
     console.print(table)
 
 
@@ -274,7 +276,8 @@ def _rank(data_dir: Path, space: str, weights: str, seed: int, val_fraction: flo
         raise SearchError("no backbone in the space has usable weights")
     data = TrialData.from_split(data_dir, split, cache)
     with console.status("Running each frozen backbone over the training images..."):
-        return rank_backbones(pairs, data, FeatureCache(cache), seed=seed, ranker=ranker)
+        return rank_backbones(pairs, data, FeatureCache(cache), seed=seed, ranker=ranker,
+                              every=True)
 
 
 def _pruner_for(pruner: Pruner | None, engine: Engine, kt_oracle: KtOracle) -> str:
@@ -344,7 +347,8 @@ def search(
              "trial (and run the baselines on the best one).")] = True,
     ranker: Annotated[Ranker, typer.Option(
         help="What ranks the backbones before training: logme, knn (cross-validated "
-             "k-NN), hscore, probe (logistic regression) or size (compute).")
+             "k-NN), hscore, sfda (Fisher discriminant), probe (logistic regression) or size "
+             "(compute).")
     ] = Ranker.logme,
     keep_top_backbones: Annotated[int | None, typer.Option(
         min=1, help="Search only the K backbone/size pairs ranked best by --ranker.")] = None,

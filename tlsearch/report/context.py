@@ -1503,7 +1503,8 @@ def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]]) -> dict
         best_by_key[key] = max(best_by_key.get(key, -1.0), t["value"])
     table = [{"key": display(r["key"]), "logme": r["logme"],
               "probe": r.get("probe_balanced_accuracy"), "best": best_by_key.get(r["key"]),
-              "knn": r.get("knn"), "hscore": r.get("hscore"), "size": r.get("size"),
+              "knn": r.get("knn"), "hscore": r.get("hscore"), "sfda": _finite(r.get("sfda")),
+              "size": r.get("size"),
               "kept": True} for r in rows]
     both = [(r["logme"], r["best"]) for r in table if r["best"] is not None]
     spearman, note = None, None
