@@ -61,6 +61,11 @@ def _add(study, number_value, strategy, **attrs):
 
 
 def test_floor_check_takes_the_last_slot_for_the_best_trials_backbone(tmp_path):
+    _floor_study(tmp_path)
+
+
+def _floor_study(tmp_path):
+    """A study whose fine-tuned best has its floor check queued, run and recommended."""
     from tests.test_study import TINY_SPACE
     from tlsearch.recommend import recommend_trial
     from tlsearch.strategy import Strategy
@@ -122,3 +127,12 @@ def test_cli_choices_are_the_rules():
     from tlsearch.recommend import RULES
 
     assert [r.value for r in Select] == list(RULES)
+
+
+def test_the_report_says_why_the_top_trial_was_not_recommended(tmp_path):
+    from tlsearch.report import build_report
+
+    _floor_study(tmp_path)
+    html = build_report(tmp_path / "studies" / "s", tmp_path / "r.html").read_text()
+    assert 'id="selection"' in html and "within one standard error" in html
+    assert "--select best" in html and "the floor check" in html
