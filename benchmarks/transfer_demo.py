@@ -16,7 +16,10 @@ demo (imbalanced, digits drawn onto real photographs):
    the same on the recommended backbone's frozen pooled ImageNet features (issue #24's
    floor), both fitted on the study's own train split and scored on its test split.
    The linear-probe recipe is also set beside the same scikit-learn probe on *its* own
-   backbone (the top-ranked one the baselines run on): like with like (issue #24).
+   backbone (the top-ranked one the baselines run on): like with like (issue #24). The
+   recommendation is the simplest trial within one standard error of the top validation
+   score (`--select 1se`); the top trial's own test score and the same probe on its
+   backbone are shown beside it, so the table says what the rule changed.
 4. The recommended trial's calibration on test: expected calibration error before and
    after the temperature fitted on validation (`tlsearch.calibration`).
 Every number comes from one split per seed, the one the study saved. `--workdir DIR`
@@ -78,6 +81,8 @@ def _search(data: Path, out: Path, study: str, seed: int, trials: int, extra: li
     top = (summary.get("selection") or {}).get("best", best["number"])
     return {"seconds": seconds, "best": best["number"], "strategy": best["strategy"],
             "top": top, "top_test": (test.get(str(top)) or {}).get("value"),
+            "top_strategy": next((row["strategy"] for row in summary["leaderboard"]
+                                  if row["number"] == top), best["strategy"]),
             "val": best["value"], "test": test[str(best["number"])]["value"],
             "baselines": baselines, "n_test": summary["test"]["n_test"],
             "probe_strategy": probe_strategy,
@@ -158,6 +163,12 @@ def main() -> None:
                 data, out / f"imagenet-{seed}", p["backbone"], p["image_size"])["features"]
         else:
             probes["features_of_probe_backbone"] = probes["features"]
+        t = real["top_strategy"]
+        probes["features_of_top_backbone"] = (
+            probes["features"] if (t["backbone"], t["image_size"]) == (s["backbone"],
+                                                                      s["image_size"])
+            else _probes(data, out / f"imagenet-{seed}", t["backbone"],
+                         t["image_size"])["features"])
         row = {"seed": seed, "real": real, "rand": rand, **probes}
         rows.append(row)
         print(json.dumps(row, default=str), flush=True)
@@ -174,11 +185,12 @@ def main() -> None:
         "saved; nothing selected on it); *optimism* is the recommendation's validation "
         "score minus its test score:", "",
         "| seed | recommendation (ImageNet) | val of it | optimism "
-        "| top-validation trial (`--select best`) | keras.io recipe "
+        "| top-validation trial (`--select best`) | LR on its backbone's frozen features "
+        "| keras.io recipe "
         "| fastai recipe | linear probe recipe | same search, `--weights none` "
         "| LR on raw pixels | LR on the recommended backbone's frozen features "
         "| minutes, first trial start to last end |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b = r["real"]["baselines"]
@@ -187,6 +199,7 @@ def main() -> None:
             f"| {r['seed']} | **{r['real']['test']:.3f}** | {r['real']['val']:.3f} | "
             f"{r['real']['val'] - r['real']['test']:+.3f} | "
             f"{_fmt(r['real']['top_test'])}{'' if r['real']['top'] == r['real']['best'] else ' (#' + str(r['real']['top']) + ')'} | "
+            f"{r['features_of_top_backbone']:.3f} | "
             f"{b.get('keras_io', float('nan')):.3f} | {b.get('fastai_fine_tune', float('nan')):.3f}"
             f" | {b.get('linear_probe', float('nan')):.3f} | {rand} | "
             f"{r['pixels']:.3f} | {r['features']:.3f} | {r['real']['seconds'] / 60:.1f} |")
