@@ -126,7 +126,7 @@ def run(dataset: str, seed: int, root: Path, cache: Path) -> list[dict]:
         (xt, yt), (xv, yv), (xs, ys) = f["train"], f["val"], f["test"]
         sk = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(xt, yt)
 
-        def test_of(solved):
+        def test_of(solved, xs=xs, ys=ys):
             logits = ((xs - solved.mean) / solved.variance**0.5) @ solved.kernel + solved.bias
             return float(_balanced(ys, logits.argmax(1)))
 
@@ -140,7 +140,8 @@ def run(dataset: str, seed: int, root: Path, cache: Path) -> list[dict]:
             "weights": weights, "n_train": len(yt), "n_val": len(yv), "n_test": len(ys),
             "sklearn": float(_balanced(ys, sk.predict(xs))),
             "solve": test_of(new), "solve_C": new.C, "solve_val": new.val_score,
-            "best": test_of(best), "best_C": best.C, "old": test_of(old), "old_C": old.C, "cv": test_of(cv), "cv_C": cv.C,
+            "best": test_of(best), "best_C": best.C, "old": test_of(old), "old_C": old.C,
+            "cv": test_of(cv), "cv_C": cv.C,
             "c1": test_of(fixed),
             "feature_mean_abs": float(np.abs(xt).mean()), "feature_std": float(xt.std()),
             "seconds": round(time.perf_counter() - t0, 1)})

@@ -127,6 +127,10 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def _passed_over(real: dict) -> str:
+    return "" if real["top"] == real["best"] else f" (#{real['top']})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default="textures")
@@ -198,7 +202,7 @@ def main() -> None:
         lines.append(
             f"| {r['seed']} | **{r['real']['test']:.3f}** | {r['real']['val']:.3f} | "
             f"{r['real']['val'] - r['real']['test']:+.3f} | "
-            f"{_fmt(r['real']['top_test'])}{'' if r['real']['top'] == r['real']['best'] else ' (#' + str(r['real']['top']) + ')'} | "
+            f"{_fmt(r['real']['top_test'])}{_passed_over(r['real'])} | "
             f"{r['features_of_top_backbone']:.3f} | "
             f"{b.get('keras_io', float('nan')):.3f} | {b.get('fastai_fine_tune', float('nan')):.3f}"
             f" | {b.get('linear_probe', float('nan')):.3f} | {rand} | "

@@ -73,7 +73,7 @@ def test_priors_from_one_study_start_the_next_and_a_file_carries_them(tmp_path):
             if key not in seen:
                 seen.add(key)
                 firsts.append(t)
-        for queued, origin in zip(trials, firsts):
+        for queued, origin in zip(trials[:len(firsts)], firsts, strict=True):
             assert queued.params == origin.params
             assert queued.user_attrs["prior"]["trial"] == origin.number
         assert len(study.user_attrs["priors"]) == len(firsts)
