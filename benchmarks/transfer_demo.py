@@ -90,7 +90,7 @@ def _search(data: Path, out: Path, study: str, seed: int, trials: int, extra: li
             "temperature": calibration.get("temperature")}
 
 
-def _probes(data: Path, study_dir: Path, backbone: str, size: int) -> dict:
+def _probes(data: Path, study_dir: Path, strategy: dict) -> dict:
     """Pixels and frozen-feature probes on the study's own split (train -> test)."""
     import keras
     import numpy as np
@@ -116,7 +116,8 @@ def _probes(data: Path, study_dir: Path, backbone: str, size: int) -> dict:
 
     (xp, yp), (xq, yq) = arrays("train", 32), arrays("test", 32)
     pixels = probe(xp[..., 0].reshape(len(xp), -1), yp, xq[..., 0].reshape(len(xq), -1), yq)
-    backbone_model = build_backbone(get_spec(backbone), size, "imagenet")
+    backbone, size = strategy["backbone"], strategy["image_size"]
+    backbone_model = build_backbone(get_spec(backbone), size, strategy["weights"])
     pooled = keras.Sequential([backbone_model, keras.layers.GlobalAveragePooling2D()])
     (xt, yt), (xs, ys) = arrays("train", size), arrays("test", size)
     features = probe(pooled.predict(xt, verbose=0), yt, pooled.predict(xs, verbose=0), ys)
@@ -138,6 +139,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="reuse the data and studies of an earlier run in this folder")
+    parser.add_argument("--self-pretrained", action="store_true",
+                        help="search the bundled self-pretrained MobileNetV3Small (64/96 px) "
+                             "instead of the ImageNet backbones (implies --no-random)")
     parser.add_argument("--no-random", action="store_true",
                         help="skip the --weights none search")
     args = parser.parse_args()
@@ -155,24 +159,26 @@ def main() -> None:
             write_dataset(args.dataset, tmp)
     out = tmp / "studies"
     rows = []
+    extra = (["--set", "backbones={mobilenet_v3_small: [64, 96]}", "--weights", "auto"]
+             if args.self_pretrained else [])
     for seed in args.seeds:
-        real = _search(data, out, f"imagenet-{seed}", seed, args.trials, [])
-        rand = None if args.no_random else _search(data, out, f"none-{seed}", seed,
-                                                   args.trials, ["--weights", "none"])
+        real = _search(data, out, f"imagenet-{seed}", seed, args.trials, extra)
+        skip_random = args.no_random or args.self_pretrained
+        rand = None if skip_random else _search(data, out, f"none-{seed}", seed, args.trials,
+                                                ["--weights", "none"])
         s = real["strategy"]
-        probes = _probes(data, out / f"imagenet-{seed}", s["backbone"], s["image_size"])
+        probes = _probes(data, out / f"imagenet-{seed}", s)
         p = real["probe_strategy"]
         if p and (p["backbone"], p["image_size"]) != (s["backbone"], s["image_size"]):
             probes["features_of_probe_backbone"] = _probes(
-                data, out / f"imagenet-{seed}", p["backbone"], p["image_size"])["features"]
+                data, out / f"imagenet-{seed}", p)["features"]
         else:
             probes["features_of_probe_backbone"] = probes["features"]
         t = real["top_strategy"]
         probes["features_of_top_backbone"] = (
             probes["features"] if (t["backbone"], t["image_size"]) == (s["backbone"],
                                                                       s["image_size"])
-            else _probes(data, out / f"imagenet-{seed}", t["backbone"],
-                         t["image_size"])["features"])
+            else _probes(data, out / f"imagenet-{seed}", t)["features"])
         row = {"seed": seed, "real": real, "rand": rand, **probes}
         rows.append(row)
         print(json.dumps(row, default=str), flush=True)
@@ -180,7 +186,8 @@ def main() -> None:
     command = " ".join(["python -m benchmarks.transfer_demo", *(
         ["--dataset", args.dataset] if args.dataset != "textures" else []),
         "--seeds", *map(str, args.seeds), "--trials", str(args.trials),
-        *(["--no-random"] if args.no_random else [])])
+        *(["--no-random"] if args.no_random else []),
+        *(["--self-pretrained"] if args.self_pretrained else [])])
     lines = [
         f"# Transfer on {args.dataset}: results", "",
         f"Command: `{command}` (2-core CPU, offline; {args.dataset}, "
@@ -188,7 +195,8 @@ def main() -> None:
         "Balanced accuracy on the held-out test split of each seed (the split the study "
         "saved; nothing selected on it); *optimism* is the recommendation's validation "
         "score minus its test score:", "",
-        "| seed | recommendation (ImageNet) | val of it | optimism "
+        f"| seed | recommendation ({'self-pretrained' if args.self_pretrained else 'ImageNet'})"
+        " | val of it | optimism "
         "| top-validation trial (`--select best`) | LR on its backbone's frozen features "
         "| keras.io recipe "
         "| fastai recipe | linear probe recipe | same search, `--weights none` "
@@ -234,8 +242,8 @@ def main() -> None:
                      f"augmentation {s['augmentation']}")
     lines += ["", "Raw records (as the script prints them):", "", "```",
               *(json.dumps(r, default=str) for r in rows), "```", ""]
-    name = ("RESULTS-transfer.md" if args.dataset == "textures"
-            else f"RESULTS-transfer-{args.dataset}.md")
+    name = ("RESULTS-transfer" + ("" if args.dataset == "textures" else f"-{args.dataset}")
+            + ("-self-pretrained" if args.self_pretrained else "") + ".md")
     print(f"wrote {write_results(name, lines)}")
 
 
