@@ -49,7 +49,7 @@ DATASETS = ("textures", "lfw_faces", "digits")
 def _search(data: Path, out: Path, study: str, seed: int, trials: int, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "tlsearch.cli", "search", str(data), "--space", "quick",
            "--study", study, "--trials", str(trials), "--seed", str(seed), "--out", str(out),
-           "--timeout", "1800", *extra]
+           "--timeout", "1800", "--cache-dir", str(out.parent / "cache"), *extra]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
     if done.returncode != 0:

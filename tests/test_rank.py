@@ -59,7 +59,7 @@ def test_rank_backbones_scores_and_fills_the_cache(trial_data, tmp_path):
     rows = rank_backbones([("tiny_cnn", 32, "none"), ("tiny_cnn", 16, "none")], trial_data,
                           cache, seed=0)
     assert [r.key for r in rows] != [] and {r.key for r in rows} == {"tiny_cnn@32", "tiny_cnn@16"}
-    assert rows[0].logme >= rows[1].logme
+    assert rows[0].probe_balanced_accuracy >= rows[1].probe_balanced_accuracy  # the default
     assert all(np.isfinite(r.logme) and 0 <= r.probe_balanced_accuracy <= 1 for r in rows)
     assert not any(r.cache_hit for r in rows)
     # A head-only trial of the same backbone now trains without a prefix pass.

@@ -200,7 +200,7 @@ def test_ranking_and_keep_top_backbones_restrict_the_search(tmp_path):
     study = open_study(config, create=False).study
     ranking = study.user_attrs["ranking"]
     assert {r["key"] for r in ranking} == {"tiny_cnn@32", "tiny_cnn@48"}
-    assert ranking[0]["logme"] >= ranking[1]["logme"]
+    assert ranking[0]["probe_balanced_accuracy"] >= ranking[1]["probe_balanced_accuracy"]
     kept = study.user_attrs["kept_backbones"]
     assert kept == [ranking[0]["key"]]
     sizes = {t.user_attrs["strategy"]["image_size"] for t in study.get_trials()}

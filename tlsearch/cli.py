@@ -224,7 +224,7 @@ def rank_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as JSON.")] = False,
     ranker: Annotated[Ranker, typer.Option(
-        help="Which score orders the table (every score is shown).")] = Ranker.logme,
+        help="Which score orders the table (every score is shown).")] = Ranker.probe,
 ) -> None:
     """Rank the space's backbones on frozen features by six rankers, without training."""
     if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
@@ -247,7 +247,7 @@ def rank_command(
 
 
 def _rank(data_dir: Path, space: str, weights: str, seed: int, val_fraction: float,
-          cache_dir: Path | None, ranker: str = "logme") -> list:
+          cache_dir: Path | None, ranker: str = "probe") -> list:
     from tlsearch.backbones import get_spec, iter_names, resolve_auto_weights
     from tlsearch.data import make_split, scan
     from tlsearch.duplicates import find_duplicates
@@ -343,13 +343,13 @@ def search(
                     "Run the same command on other machines with a shared --storage "
                     "to add theirs.")] = 1,
     rank: Annotated[bool, typer.Option(
-        help="Rank the space's backbones by LogME on frozen features before the first "
-             "trial (and run the baselines on the best one).")] = True,
+        help="Rank the space's backbones on frozen features (by --ranker) before the "
+             "first trial, and run the baselines on the best one.")] = True,
     ranker: Annotated[Ranker, typer.Option(
         help="What ranks the backbones before training: logme, knn (cross-validated "
              "k-NN), hscore, sfda (Fisher discriminant), probe (logistic regression) or size "
              "(compute).")
-    ] = Ranker.logme,
+    ] = Ranker.probe,
     keep_top_backbones: Annotated[int | None, typer.Option(
         min=1, help="Search only the K backbone/size pairs ranked best by --ranker.")] = None,
     baselines: Annotated[bool, typer.Option(

@@ -60,7 +60,7 @@ class SearchProgress:
                    + (f", test {info['test']}" if info["test"] else "") + ")"
                    + (f"; skipped {info['skipped']}: {skipped}" if info["skipped"] else ""))
         elif kind == "rank":
-            print_(f"  LogME {info['logme']:+.4f}  probe {info['probe_balanced_accuracy']:.3f}"
+            print_(f"  probe {info['probe_balanced_accuracy']:.3f}  LogME {info['logme']:+.4f}"
                    f"  {escape(info['key'])}")
         elif kind == "trial_start":
             s = info["strategy"]

@@ -241,7 +241,7 @@ def _probe(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.nd
 
 
 def rank_backbones(pairs: list[tuple[str, int, str]], data: Any, cache: Any, *, seed: int = 0,
-                   on_row: Any = None, ranker: str = "logme",
+                   on_row: Any = None, ranker: str = "probe",
                    every: bool = False) -> list[RankRow]:
     """Score each (backbone, size, weights) with every ranker; best by `ranker` first.
 

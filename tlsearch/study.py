@@ -84,7 +84,9 @@ class SearchConfig:
     force: bool = False
     stale_after: float = 600.0
     rank: bool = True
-    ranker: str = "logme"  # which of tlsearch.rank.RANKERS orders the backbones
+    #: Which of tlsearch.rank.RANKERS orders the backbones: the linear probe, which
+    #: predicted the search's outcomes best on 3 datasets (benchmarks/RESULTS-logme.md).
+    ranker: str = "probe"
     keep_top_backbones: int | None = None
     baselines: bool = True
     max_latency_ms: float | None = None

@@ -1410,7 +1410,8 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         "search": _search_health(trials),
         "constraints": constraints,
         "baselines": _baselines(trials, best, metric, test_scores),
-        "ranking": _ranking(handle.study.user_attrs.get("ranking") or [], complete),
+        "ranking": _ranking(handle.study.user_attrs.get("ranking") or [], complete,
+                            handle.study.user_attrs.get("ranker") or "logme"),
         "cost": {"time": cost_points, "latency": latency_points,
                  "time_front": pareto_front(cost_points),
                  "latency_front": pareto_front(latency_points),
@@ -1492,10 +1493,12 @@ def _selection_text(selection: Any, complete: list[dict[str, Any]], metric: str)
             "parameters. Search with --select best to recommend the top trial instead.")
 
 
-def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]]) -> dict[str, Any]:
-    """The LogME ranking next to what training found, with their rank correlation."""
+def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]],
+             ranker: str = "probe") -> dict[str, Any]:
+    """The ranking (by `ranker`, the one that ordered the study) next to what training
+    found, with their rank correlation."""
     if not rows:
-        return {"rows": [], "spearman": None, "note": None, "agreement": []}
+        return {"rows": [], "spearman": None, "note": None, "agreement": [], "ranker": ranker}
     best_by_key: dict[str, float] = {}
     for t in complete:
         s = t["strategy"] or {}
@@ -1506,7 +1509,8 @@ def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]]) -> dict
               "knn": r.get("knn"), "hscore": r.get("hscore"), "sfda": _finite(r.get("sfda")),
               "size": r.get("size"),
               "kept": True} for r in rows]
-    both = [(r["logme"], r["best"]) for r in table if r["best"] is not None]
+    both = [(r.get(ranker), r["best"]) for r in table
+            if r["best"] is not None and _finite(r.get(ranker)) is not None]
     spearman, note = None, None
     if len(both) >= 3:
         from scipy.stats import spearmanr
@@ -1520,7 +1524,8 @@ def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]]) -> dict
 
     agreement = [{"name": name, "what": RANKERS[name], **values}
                  for name, values in ranker_agreement(rows, best_by_key).items()]
-    return {"rows": table, "spearman": spearman, "note": note, "agreement": agreement}
+    return {"rows": table, "spearman": spearman, "note": note, "agreement": agreement,
+            "ranker": ranker}
 
 
 def _describe(s: dict[str, Any]) -> str:
