@@ -181,6 +181,11 @@ class TrialResult:
 # -- frozen prefix -------------------------------------------------------------------------
 
 
+#: How training-side prefix activations are stored (validation's are always float32):
+#: float16 halves the cache; benchmarks/RESULTS-cache-dtype.md measures what it changes.
+TRAIN_CACHE_DTYPE: Any = np.float16
+
+
 def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, *,
                     exact: bool = False, extractor: Any = None,
                     cut: str | None = None) -> tuple[np.ndarray, bool]:
@@ -201,7 +206,9 @@ def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, 
         size=s.image_size, cut=cut or tm.cut, fingerprint=data.fingerprint,
         # File names are bytes on Unix: one that is not UTF-8 arrives surrogate-escaped.
         paths=hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest(),
-        view=f"{view}/float32" if exact else view,
+        view=f"{view}/float32" if exact else (
+            view if np.dtype(TRAIN_CACHE_DTYPE) == np.float16
+            else f"{view}/{np.dtype(TRAIN_CACHE_DTYPE).name}"),
     )
 
     def compute() -> np.ndarray:
@@ -211,7 +218,7 @@ def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, 
     return cache.get_or_compute(
         key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": cut or tm.cut,
                             "part": part, "view": view},
-        dtype=np.float32 if exact else np.float16)
+        dtype=np.float32 if exact else TRAIN_CACHE_DTYPE)
 
 
 def _run_prefix(forward: Any, images: np.ndarray, view: str) -> np.ndarray:
