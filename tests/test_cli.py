@@ -180,6 +180,12 @@ def test_test_fraction_flag_gives_a_held_out_score_everywhere(tmp_path):
     assert status["test"]["n_test"] == 12  # a quarter of each class of 16
     best = str(status["best"]["number"])
     assert set(status["test"]["scores"][best]) >= {"value", "low", "high", "metrics"}
+    # The raw-pixel yardstick is scored beside it (colours: pixels separate them).
+    assert status["test"]["pixels"]["test"] == 1.0 and "raw pixels" in result.output
+    from tlsearch.report import build_report
+
+    html = build_report(tmp_path / "studies" / "tf", tmp_path / "r.html").read_text()
+    assert 'id="pixels"' in html and "Raw pixels do as well" in html  # 1.0: nothing beats it
     result = CliRunner().invoke(app, ["export", "tf", "--out", str(tmp_path / "x"), *studies])
     assert result.exit_code == 0, result.output
     assert "Held-out test of this exported model (12 images" in (

@@ -7,6 +7,8 @@ the same decoding and saved model as `tlsearch predict`, and the scores are stor
 the study. A later run scores only what is new (a changed recommendation after a
 resume), so the test split is never consulted to choose anything.
 
+The raw-pixel yardstick (`tlsearch.pixels`) is fitted on train and scored here too, once.
+
 The recommended trial's probabilities are also calibrated (`tlsearch.calibration`):
 the temperature is fitted on its recorded validation predictions, and the test split
 measures the expected calibration error before and after.
@@ -76,6 +78,16 @@ def _predict(model_path: Path, paths: list[Path], size: int) -> np.ndarray:
     return np.asarray(model.predict(x, verbose=0, batch_size=64), dtype=np.float64)
 
 
+def _pixels(root: Path, split: Any, metric: str) -> dict[str, Any]:
+    """The raw-pixel yardstick (`tlsearch.pixels`), or why it could not be measured."""
+    from tlsearch.pixels import pixel_probe
+
+    try:
+        return dict(pixel_probe(root, split, metric), metric=metric)
+    except Exception as exc:  # a yardstick is never a reason to lose the test scores
+        return {"metric": metric, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
 def score_holdout(handle: Any) -> dict[str, Any] | None:
     """Score the recommended trial, the baselines and the floor check on the test split,
     each once.
@@ -136,7 +148,10 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
         temperature = temperature_of(handle.trial_dir(number), split)
         scores[str(number)]["calibration"] = (None if temperature is None
                                               else _calibration(probs, labels, temperature))
+    pixels = record.get("pixels")
+    if not pixels or pixels.get("metric") != metric:
+        pixels = _pixels(root, split, metric)
     record = {"n_test": len(paths), "metric": metric, "scores": scores,
-              "recommended": best["number"] if best else None}
+              "recommended": best["number"] if best else None, "pixels": pixels}
     handle.study.set_user_attr(HOLDOUT_ATTR, record)
     return record

@@ -136,6 +136,11 @@ class SearchProgress:
                 elif row.get("floor_of") is not None and int(number) != best["number"]:
                     c.print(f"  floor: linear probe on trial #{row['floor_of']}'s backbone "
                             f"(trial #{number}) on test: {row['value']:.3f}")
+            pixels = holdout.get("pixels") or {}
+            if pixels.get("test") is not None:
+                c.print(f"  raw pixels ({pixels['size']} px, logistic regression) on test: "
+                        f"{pixels['test']:.3f}" + ("  [yellow]<- as good as transfer[/]"
+                                                   if pixels["test"] >= test["value"] else ""))
         else:
             c.print("  [yellow]no held-out test score[/]: the validation score above was "
                     "used to select, so it is optimistic")

@@ -1420,10 +1420,36 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
     }
     context["findings"] = _diagnose(trials, best, aggregates, len(classes), metric, doctor, n_val,
                                     split.merged_groups if split else 0)
+    context["pixels"] = _pixels(holdout.get("pixels"), best, test_scores, context["findings"])
     context["best_model"] = (_best_model(best, loaded.probs.get(best["number"]), split,
                                          Path(config.data_dir), classes, metric)
                              if best is not None else None)
     return context
+
+
+def _pixels(pixels: dict[str, Any] | None, best: dict[str, Any] | None,
+            test_scores: dict[str, Any], findings: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The raw-pixel yardstick beside the recommendation; a warning when it does as well
+    (on test where both were scored, else on validation)."""
+    if not pixels or pixels.get("val") is None:
+        return None
+    ours = (test_scores.get(str(best["number"])) or {}).get("value") if best else None
+    where = "test" if ours is not None and pixels.get("test") is not None else "validation"
+    ref = pixels["test"] if where == "test" else pixels["val"]
+    if best is not None and ours is None:
+        ours = best["value"]
+    gain = None if ours is None else 100.0 * (ours - ref)
+    if gain is not None and gain <= 0:
+        findings[:] = [f for f in findings if f["title"] != "No problems detected"]
+        findings.insert(0, _finding(
+            "warn", "Raw pixels do as well",
+            f"A logistic regression on the raw {pixels['size']} px pixels scores {ref:.3f} on "
+            f"{where}, {abs(gain):.1f} points {'above' if gain < 0 else 'level with'} the "
+            "recommendation: the pretrained features do not see what separates these "
+            "classes, and the transfer recipe is not earning its cost.",
+            advice="Try larger images, another backbone family, or a model trained from "
+                   "scratch."))
+    return dict(pixels, where=where, reference=ref, gain_points=gain)
 
 
 def _constraints(config: Any, complete: list[dict[str, Any]]) -> dict[str, Any]:
