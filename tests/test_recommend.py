@@ -136,3 +136,28 @@ def test_the_report_says_why_the_top_trial_was_not_recommended(tmp_path):
     html = build_report(tmp_path / "studies" / "s", tmp_path / "r.html").read_text()
     assert 'id="selection"' in html and "within one standard error" in html
     assert "--select best" in html and "the floor check" in html
+
+
+def test_select_best_through_the_cli_is_saved_and_runs_no_floor_check(tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.conftest import write_colour_dataset
+    from tests.test_study import TINY_SPACE
+    from tlsearch.cli import app
+    from tlsearch.study import load_config, open_study
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1)
+                     .replace("unfreeze_blocks: [0, 1]", "unfreeze_blocks: [1]"))
+    result = CliRunner().invoke(app, [
+        "search", str(data), "--space", str(space), "--study", "b", "--trials", "6",
+        "--weights", "none", "--cache-dir", str(tmp_path / "cache"), "--select", "best",
+        "--studies", str(tmp_path / "studies"), "--no-isolate"])
+    assert result.exit_code == 0, result.output
+    config = load_config(tmp_path / "studies" / "b")
+    assert config.select == "best"
+    trials = open_study(config, create=False).study.get_trials()
+    assert not any(t.user_attrs.get("floor") is not None for t in trials)
+    bad = CliRunner().invoke(app, ["search", str(data), "--select", "median"])
+    assert bad.exit_code != 0 and "median" in bad.output
