@@ -75,7 +75,8 @@ def _floor_study(tmp_path):
     space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1)
                      .replace("tiny_cnn: [32]", "tiny_cnn: [32, 48]"))
     config = SearchConfig(data_dir=str(tmp_path), space=str(space), study="s",
-                          out=str(tmp_path / "studies"), trials=6, weights="none")
+                          out=str(tmp_path / "studies"), trials=6, weights="none",
+                          select="1se")
     handle = open_study(config)
     probe32 = Strategy(backbone="tiny_cnn", image_size=32).to_dict()
     tune48 = Strategy(backbone="tiny_cnn", image_size=48, unfreeze_blocks=1).to_dict()
@@ -90,12 +91,17 @@ def _floor_study(tmp_path):
     assert "tiny_cnn@48" in notices[0]
     _enqueue_floor(handle, lambda kind, info: None)  # queued already: nothing more
     assert sum(t.state.name == "WAITING" for t in handle.study.get_trials()) == 1
-    # With --select best there is no floor check.
+    # The floor check runs under --select best (the default) too; without baselines, not.
     best_only = open_study(SearchConfig(**dict(config.to_dict(), study="b", select="best",
                                                overrides=(), priors=())))
     _add(best_only.study, 0.90, tune48)
     _enqueue_floor(best_only, lambda kind, info: None)
-    assert not any(t.state.name == "WAITING" for t in best_only.study.get_trials())
+    assert sum(t.state.name == "WAITING" for t in best_only.study.get_trials()) == 1
+    bare = open_study(SearchConfig(**dict(config.to_dict(), study="n", baselines=False,
+                                          overrides=(), priors=())))
+    _add(bare.study, 0.90, tune48)
+    _enqueue_floor(bare, lambda kind, info: None)
+    assert not any(t.state.name == "WAITING" for t in bare.study.get_trials())
 
     # The floor trial finishes 1 point below the fine-tune on 100 validation images:
     # within one standard error, so it is recommended.
@@ -119,6 +125,7 @@ def _floor_study(tmp_path):
             "val_probabilities": _probs(pred, 2).tolist()}))
     selection = recommend_trial(handle)
     assert (selection.chosen, selection.best) == (2, 1)
+    assert recommend_trial(handle, "best").chosen == 1
     assert recommend_trial(best_only).chosen == 0
 
 
@@ -138,7 +145,7 @@ def test_the_report_says_why_the_top_trial_was_not_recommended(tmp_path):
     assert "--select best" in html and "the floor check" in html
 
 
-def test_select_best_through_the_cli_is_saved_and_runs_no_floor_check(tmp_path):
+def test_select_1se_through_the_cli_is_saved_and_a_covered_floor_is_not_checked(tmp_path):
     from typer.testing import CliRunner
 
     from tests.conftest import write_colour_dataset
@@ -152,12 +159,13 @@ def test_select_best_through_the_cli_is_saved_and_runs_no_floor_check(tmp_path):
                      .replace("unfreeze_blocks: [0, 1]", "unfreeze_blocks: [1]"))
     result = CliRunner().invoke(app, [
         "search", str(data), "--space", str(space), "--study", "b", "--trials", "6",
-        "--weights", "none", "--cache-dir", str(tmp_path / "cache"), "--select", "best",
+        "--weights", "none", "--cache-dir", str(tmp_path / "cache"), "--select", "1se",
         "--studies", str(tmp_path / "studies"), "--no-isolate"])
     assert result.exit_code == 0, result.output
     config = load_config(tmp_path / "studies" / "b")
-    assert config.select == "best"
+    assert config.select == "1se"
     trials = open_study(config, create=False).study.get_trials()
+    # The linear-probe baseline ran on the only backbone and size: the floor is measured.
     assert not any(t.user_attrs.get("floor") is not None for t in trials)
     bad = CliRunner().invoke(app, ["search", str(data), "--select", "median"])
     assert bad.exit_code != 0 and "median" in bad.output

@@ -194,8 +194,8 @@ class Ranker(str, Enum):  # the names of tlsearch.rank.RANKERS (a test keeps the
 
 
 class Select(str, Enum):  # the names of tlsearch.recommend.RULES (a test keeps them equal)
-    one_se = "1se"
     best = "best"
+    one_se = "1se"
 
 
 class Metric(str, Enum):
@@ -375,10 +375,10 @@ def search(
         help="An earlier study folder (or a file from `tlsearch priors`) whose best "
              "strategies start this search, after the baselines; repeatable.")] = None,
     select: Annotated[Select, typer.Option(
-        help="How the recommendation is chosen: 1se, the trial with the fewest trained "
-             "parameters within one standard error of the best validation score (the "
-             "budget's last trial then checks the linear probe on the best trial's "
-             "backbone), or best, the top validation score.")] = Select.one_se,
+        help="How the recommendation is chosen: best, the top validation score, or 1se, "
+             "the trial with the fewest trained parameters within one standard error of "
+             "it. Either way the budget's last trial checks the linear probe on the top "
+             "trial's backbone.")] = Select.best,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.study import SearchConfig

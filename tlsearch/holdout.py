@@ -113,10 +113,15 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
     floors = {t.number: t.user_attrs["floor"] for t in complete
               if t.user_attrs.get("floor") is not None}
     if best is not None:
+        from tlsearch.recommend import RULES, recommend_trial
+
         wanted.setdefault(best["number"], None)
-        # The top validation trial too, when the one-standard-error rule chose another:
-        # measured after the choice, so the report can say what the rule changed.
-        wanted.setdefault(summary["selection"]["best"], None)
+        # What each selection rule would recommend, measured after the choice: the report
+        # and the benchmarks can say what the rule changes; nothing selects on it.
+        for rule in RULES:
+            other = recommend_trial(handle, rule)
+            if other is not None:
+                wanted.setdefault(other.chosen, None)
     record = holdout_scores(handle)
     scores = dict(record.get("scores") or {})
     root = Path(handle.config.data_dir)
