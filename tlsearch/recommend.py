@@ -9,12 +9,12 @@ The standard error is that of the *difference* to the best trial, from a paired
 bootstrap over the same validation images, so two trials that err on the same images
 are told apart by what they do differently.
 
-Measured on 9 benchmark runs (3 datasets x 2 seeds on ImageNet backbones, 3 runs on the
-self-pretrained one; benchmarks/RESULTS-transfer*.md), the rule never scored higher on
-test than the top trial but once (+0.2 points) and lost 1.4 points on average: on
-validation sets of 40-155 images the standard error of balanced accuracy is 2-4 points,
-so the rule nearly always falls back to a linear probe. So the default is "best" and the
-rule is `--select 1se`.
+Measured on 12 benchmark runs (3 datasets x 2 seeds, on the ImageNet backbones and on
+the self-pretrained one; benchmarks/RESULTS-transfer*.md), the rule scored higher on test
+than the top trial once (+0.2 points), equal in 7 and lower in 4 (down to -7.2), -1.1
+points on average: on validation sets of 40-155 images the standard error of balanced
+accuracy is 2-4 points, so the rule nearly always falls back to a linear probe. So the
+default is "best" and the rule is `--select 1se`.
 
 Only trials whose model is kept on disk (the best few, the baselines and the floor
 check) are candidates: the recommendation is always one that `tlsearch export` can

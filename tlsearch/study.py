@@ -101,8 +101,8 @@ class SearchConfig:
     priors: tuple[str, ...] = ()
     #: How the recommendation is chosen (`tlsearch.recommend.RULES`): "best", the top
     #: validation score, or "1se", the simplest trial within one standard error of it
-    #: (on 9 benchmark runs "1se" never scored higher on test and lost 1.4 points on
-    #: average: benchmarks/RESULTS-transfer*.md).
+    #: (on 12 benchmark runs "1se" scored higher on test once, by 0.2 points, and lost
+    #: 1.1 points on average: benchmarks/RESULTS-transfer*.md).
     select: str = "best"
     #: Bound on the frozen-prefix cache's data in GiB (least recently used entries are
     #: evicted past it); None: unbounded.
