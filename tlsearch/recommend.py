@@ -11,7 +11,7 @@ are told apart by what they do differently.
 
 Measured on 12 benchmark runs (3 datasets x 2 seeds, on the ImageNet backbones and on
 the self-pretrained one; benchmarks/RESULTS-transfer*.md), the rule scored higher on test
-than the top trial once (+0.2 points), equal in 7 and lower in 4 (down to -7.2), -1.1
+than the top trial once (+0.2 points), equal in 6 and lower in 5 (down to -7.2), -1.1
 points on average: on validation sets of 40-155 images the standard error of balanced
 accuracy is 2-4 points, so the rule nearly always falls back to a linear probe. So the
 default is "best" and the rule is `--select 1se`.
