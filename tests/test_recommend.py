@@ -97,6 +97,13 @@ def _floor_study(tmp_path):
     _add(best_only.study, 0.90, tune48)
     _enqueue_floor(best_only, lambda kind, info: None)
     assert sum(t.state.name == "WAITING" for t in best_only.study.get_trials()) == 1
+    # A sampled probe on that backbone whose model was dropped does not count.
+    dropped = open_study(SearchConfig(**dict(config.to_dict(), study="d", overrides=(),
+                                             priors=())))
+    _add(dropped.study, 0.90, tune48)
+    _add(dropped.study, 0.80, Strategy(backbone="tiny_cnn", image_size=48).to_dict())
+    _enqueue_floor(dropped, lambda kind, info: None)
+    assert sum(t.state.name == "WAITING" for t in dropped.study.get_trials()) == 1
     bare = open_study(SearchConfig(**dict(config.to_dict(), study="n", baselines=False,
                                           overrides=(), priors=())))
     _add(bare.study, 0.90, tune48)

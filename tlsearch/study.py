@@ -887,8 +887,11 @@ def _enqueue_floor(handle: StudyHandle, emit: Callable[[str, dict], None]) -> No
         return  # a linear head on frozen features already
     for t in trials:
         s = t.user_attrs.get("strategy")
-        if (s and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
-                and s["backbone"] == strategy.backbone
+        # A finished probe counts only while its model is kept (to compete and be scored
+        # on test); a running one is another worker's, and will be.
+        kept = t.state == TrialState.RUNNING or (
+            t.state == TrialState.COMPLETE and (handle.trial_dir(t.number) / MODEL_FILE).is_file())
+        if (s and kept and s["backbone"] == strategy.backbone
                 and int(s["image_size"]) == strategy.image_size
                 and is_linear_probe(Strategy.from_dict(s))):
             return  # measured already
