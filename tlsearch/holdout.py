@@ -118,7 +118,7 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
         wanted.setdefault(best["number"], None)
         # What each selection rule would recommend, measured after the choice: the report
         # and the benchmarks can say what the rule changes; nothing selects on it.
-        for rule in RULES:
+        for rule in set(RULES) - {summary["selection"]["rule"]}:  # its own is `best`
             other = recommend_trial(handle, rule)
             if other is not None:
                 wanted.setdefault(other.chosen, None)
