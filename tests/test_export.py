@@ -38,12 +38,14 @@ def test_single_image_predictions_equal_validation_predictions(searched):
     """The seeds' complaint, tested: predict one file at a time == what validation saw."""
     tmp, data = searched
     export = json.loads((tmp / "model" / "export.json").read_text())
-    result = json.loads((tmp / "studies" / "e" / "trials" / f"{export['trial']:04d}"
-                         / "result.json").read_text())
     from tlsearch.calibration import calibrate
 
-    # The export is temperature-scaled: what validation saw, divided by the same T.
-    recorded = calibrate(np.asarray(result["val_probabilities"]), export["temperature"])
+    # The export is temperature-scaled: what validation saw, divided by the same T (each
+    # member's, then averaged, where the recommendation is blended with its floor probe).
+    members = export["ensemble"]["members"] if export["blend_floor"] else [export["trial"]]
+    recorded = np.mean([calibrate(np.asarray(json.loads(
+        (tmp / "studies" / "e" / "trials" / f"{n:04d}" / "result.json").read_text())
+        ["val_probabilities"]), export["temperature"]) for n in members], axis=0)
     split = json.loads((tmp / "studies" / "e" / "split.json").read_text())
     runner = CliRunner()
     for (path, _), expected in zip(split["val"], recorded, strict=True):

@@ -54,6 +54,34 @@ def _sklearn_probe(trial_data) -> float:
     return balanced_accuracy_score(trial_data.labels("val"), probe.predict(x_val)), x_train
 
 
+def _sklearn_probe_predictions(trial_data) -> np.ndarray:
+    import keras
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    backbone = B.build_backbone(B.get_spec("tiny_scaled"), 32, "none", seed=1)
+    pooled = keras.Sequential([keras.layers.Rescaling(1 / 127.5, -1), backbone,
+                               keras.layers.GlobalAveragePooling2D()])
+    x_train, x_val = (pooled.predict(trial_data.images(part, 32).astype("float32"), verbose=0)
+                      for part in ("train", "val"))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    return probe.fit(x_train, trial_data.labels("train")).predict_proba(x_val)
+
+
+def test_the_probe_head_is_scikit_learns_default_probe_and_trains_nothing_after(trial_data):
+    """`head_init: probe` (the linear_probe baseline, the floor check) is exactly
+    StandardScaler + LogisticRegression at C = 1: the floor a reviewer fits by hand."""
+    result = run_trial(_head_only(head_init="probe"), trial_data)
+    expected = _sklearn_probe_predictions(trial_data)
+    assert result.extra["head_solve"]["C"] == DEFAULT_C
+    assert result.history == () and result.metrics["best_step"] == 0  # no SGD epochs
+    np.testing.assert_allclose(result.val_probabilities, expected, atol=2e-3)
+    assert (result.val_probabilities.argmax(1) == expected.argmax(1)).all()
+    with pytest.raises(ValueError, match="probe"):
+        _head_only(head_init="probe", head_hidden_units=8)
+
+
 def test_the_solve_never_loses_to_the_sklearn_probe_where_the_old_head_fails(trial_data):
     probe, x_train = _sklearn_probe(trial_data)
     assert np.abs(x_train).mean() < 1e-3  # the features really are tiny

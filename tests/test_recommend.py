@@ -87,7 +87,7 @@ def _floor_study(tmp_path):
     waiting = [t for t in handle.study.get_trials() if t.state.name == "WAITING"]
     assert len(waiting) == 1 and waiting[0].user_attrs["floor"] == 1
     floor = waiting[0].user_attrs["strategy"]
-    assert (floor["image_size"], floor["unfreeze_blocks"], floor["head_init"]) == (48, 0, "solve")
+    assert (floor["image_size"], floor["unfreeze_blocks"], floor["head_init"]) == (48, 0, "probe")
     assert "tiny_cnn@48" in notices[0]
     _enqueue_floor(handle, lambda kind, info: None)  # queued already: nothing more
     assert sum(t.state.name == "WAITING" for t in handle.study.get_trials()) == 1
@@ -167,12 +167,100 @@ def test_select_1se_through_the_cli_is_saved_and_a_covered_floor_is_not_checked(
     result = CliRunner().invoke(app, [
         "search", str(data), "--space", str(space), "--study", "b", "--trials", "6",
         "--weights", "none", "--cache-dir", str(tmp_path / "cache"), "--select", "1se",
-        "--studies", str(tmp_path / "studies"), "--no-isolate"])
+        "--studies", str(tmp_path / "studies"), "--no-isolate", "--no-blend-floor"])
     assert result.exit_code == 0, result.output
     config = load_config(tmp_path / "studies" / "b")
-    assert config.select == "1se"
+    assert config.select == "1se" and config.blend_floor is False
     trials = open_study(config, create=False).study.get_trials()
     # The linear-probe baseline ran on the only backbone and size: the floor is measured.
     assert not any(t.user_attrs.get("floor") is not None for t in trials)
     bad = CliRunner().invoke(app, ["search", str(data), "--select", "median"])
     assert bad.exit_code != 0 and "median" in bad.output
+
+
+def _blend_study(tmp_path):
+    """A study whose top trial fine-tunes and whose floor probe kept its model: two real
+    models trained on the colour data, recorded as the search records them."""
+    import optuna
+
+    from tests.conftest import write_colour_dataset
+    from tests.test_study import TINY_SPACE
+    from tlsearch.data import make_split, scan
+    from tlsearch.strategy import Strategy
+    from tlsearch.study import MODEL_FILE, SearchConfig, open_study
+    from tlsearch.train import TrialData, run_trial
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 20, "green": 20, "blue": 20})
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1))
+    config = SearchConfig(data_dir=str(data), space=str(space), study="s",
+                          out=str(tmp_path / "studies"), trials=6, weights="none",
+                          test_fraction=0.25)
+    handle = open_study(config)
+    split = make_split(scan(data), val_fraction=0.25, test_fraction=0.25, seed=0)
+    split.save(handle.dir / "split.json")
+    trial_data = TrialData.from_split(data, split, tmp_path / "cache")
+    tune = Strategy(backbone="tiny_cnn", image_size=32, weights="none", unfreeze_blocks=1,
+                    finetune_epochs=1, head_epochs=1, batch_size=16, seed=1)
+    probe = Strategy(backbone="tiny_cnn", image_size=32, weights="none", head_init="probe",
+                     head_dropout=0.0, batch_size=16, seed=1)
+    for number, (strategy, value, attrs) in enumerate(((tune, 0.95, {}),
+                                                       (probe, 0.90, {"floor": 0}))):
+        result = run_trial(strategy, trial_data)
+        tdir = handle.trial_dir(number)
+        tdir.mkdir(parents=True)
+        result.model.save(tdir / MODEL_FILE)
+        (tdir / "result.json").write_text(json.dumps(dict(
+            result.to_dict(), val_probabilities=result.val_probabilities.tolist())))
+        handle.study.add_trial(optuna.trial.create_trial(value=value, user_attrs={
+            "strategy": strategy.to_dict(), **attrs}))
+    return handle, split
+
+
+def test_a_fine_tuned_recommendation_is_averaged_with_its_floor_on_test_and_in_export(
+        tmp_path):
+    from tlsearch.export import export_trial, load_model_safely
+    from tlsearch.holdout import blend_of, score_holdout
+    from tlsearch.recommend import floor_partner
+    from tlsearch.report import build_report
+    from tlsearch.study import SearchConfig, open_study
+
+    handle, split = _blend_study(tmp_path)
+    assert floor_partner(handle, 0) == 1 and floor_partner(handle, 1) is None
+    record = score_holdout(handle)
+    blend = blend_of(record, 0)
+    assert blend["members"] == [0, 1] and blend_of(record, 1) is None
+    # The headline is the mean of the two models' test probabilities, scored once.
+    probs = []
+    from tlsearch.data import decode_image
+
+    root = tmp_path / "data"
+    x = np.stack([decode_image(root / p, 32) for p in split.paths("test")]).astype("float32")
+    for n in (0, 1):
+        model = load_model_safely(handle.trial_dir(n) / "model.keras")
+        probs.append(model.predict(x, verbose=0))
+    from tlsearch.report.context import metric_value
+
+    mean = np.mean(probs, axis=0)
+    assert blend["value"] == pytest.approx(metric_value(
+        "balanced_accuracy", split.labels("test"), mean.argmax(1), 3))
+    assert score_holdout(handle)["blend"] == blend  # not scored again
+    html = build_report(handle.dir, tmp_path / "r.html").read_text()
+    assert 'id="blend"' in html and "averaged with the linear probe" in html
+    # The export follows the study: two members, probabilities their mean.
+    summary = export_trial(handle.dir, tmp_path / "out", calibrate=False, tta=False)
+    assert summary["blend_floor"] and summary["ensemble"]["members"] == [0, 1]
+    exported = load_model_safely(tmp_path / "out" / "model.keras")
+    np.testing.assert_allclose(exported.predict(x, verbose=0), mean, atol=1e-5)
+    assert "floor blend" in (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    alone = export_trial(handle.dir, tmp_path / "alone", calibrate=False, tta=False,
+                         blend_floor=False)
+    assert not alone["blend_floor"]
+    np.testing.assert_allclose(load_model_safely(tmp_path / "alone" / "model.keras").predict(
+        x, verbose=0), probs[0], atol=1e-5)
+    with pytest.raises(Exception, match="--blend-floor"):
+        export_trial(handle.dir, tmp_path / "p", trial=1, blend_floor=True)
+    # --no-blend-floor: the trial alone is the recommendation on test.
+    off = open_study(SearchConfig(**dict(handle.config.to_dict(), blend_floor=False,
+                                         overrides=(), priors=())), create=False)
+    assert score_holdout(off)["blend"] is None

@@ -379,6 +379,12 @@ def search(
              "the trial with the fewest trained parameters within one standard error of "
              "it. Either way the budget's last trial checks the linear probe on the top "
              "trial's backbone.")] = Select.best,
+    blend_floor: Annotated[bool, typer.Option(
+        "--blend-floor/--no-blend-floor",
+        help="When the recommended trial fine-tunes, recommend (score on test, export) the "
+             "average of its probabilities and those of the linear probe on its own "
+             "backbone and size, so that a fine-tune that won on validation by luck "
+             "cannot sink below the probe.")] = True,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.study import SearchConfig
@@ -404,7 +410,7 @@ def search(
         max_latency_ms=max_latency_ms, max_params=max_params, engine=engine.value,
         kt_oracle=kt_oracle.value, worker_memory_mb=worker_memory_mb,
         priors=tuple(str(p.resolve()) for p in prior or ()), select=select.value,
-        cache_max_gb=cache_max_gb)
+        cache_max_gb=cache_max_gb, blend_floor=blend_floor)
     if workers > 1 and not isolate:
         raise fail("--workers > 1 needs worker processes; drop --no-isolate")
     _run(config, workers, isolate=isolate)
@@ -594,6 +600,10 @@ def export(
     ensemble: Annotated[bool, typer.Option(
         help="Greedy prediction ensemble of the kept models at the trial's image size "
              "(any backbone), each added only if validation improves.")] = False,
+    blend_floor: Annotated[bool | None, typer.Option(
+        "--blend-floor/--no-blend-floor",
+        help="Average the trial with the linear probe on its own backbone and size (default: "
+             "as the study recommends, see `search --blend-floor`).")] = None,
     studies: Annotated[Path, typer.Option(
         help="Folder that holds study folders.")] = Path("studies"),
 ) -> None:
@@ -604,8 +614,10 @@ def export(
     with one_line_errors():
         summary = export_trial(studies / study, out, trial=trial, retrain=retrain.value,
                                tflite=tflite, calibrate=calibrate, tta=tta, soup=soup,
-                               ensemble=ensemble)
-    console.print(f"Exported trial #{summary['trial']} to [bold]{escape(str(out))}[/] "
+                               ensemble=ensemble, blend_floor=blend_floor)
+    blended = (f" averaged with its floor probe #{summary['ensemble']['members'][1]}"
+               if summary.get("blend_floor") else "")
+    console.print(f"Exported trial #{summary['trial']}{blended} to [bold]{escape(str(out))}[/] "
                   f"(model.keras, labels.json, strategy.json, MODEL_CARD.md).")
     exported, trial_test = summary.get("exported_test"), summary.get("test")
     if exported is not None:

@@ -92,7 +92,8 @@ def _pick_trial(handle: Any, trial: int | None) -> Any:
 def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
                  retrain: str = "none", tflite: bool = False,
                  calibrate: bool = True, tta: bool = True,
-                 soup: bool = False, ensemble: bool = False) -> dict[str, Any]:
+                 soup: bool = False, ensemble: bool = False,
+                 blend_floor: bool | None = None) -> dict[str, Any]:
     """Write the recommended (or chosen) trial's model and its contract to `out`.
 
     Args:
@@ -110,6 +111,10 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         ensemble: greedy prediction ensemble (`tlsearch.ensemble`) of the kept models
             at the trial's image size (any backbone), each added only if validation
             improves.
+        blend_floor: average the trial's probabilities with those of the kept linear
+            probe on its backbone and size (`tlsearch.recommend.floor_partner`), as the
+            study recommends when it fine-tunes; None follows the study's
+            `--blend-floor` setting (off with a soup, an ensemble or a retrain).
     Returns:
         A summary dict (paths, trial, metrics, TFLite agreement, and the exported
         model's own held-out test score, measured once after every choice is made).
@@ -150,6 +155,24 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
 
     val = _ValImages(strategy, split, config)
     souped = ensembled = None
+    member_probs: list[np.ndarray] = []
+    partner = _blend_partner(handle, chosen.number, blend_floor, retrain, soup, ensemble)
+    if partner is not None:
+        from tlsearch.ensemble import Ensemble, build_ensemble_model
+        from tlsearch.train import compute_metrics
+
+        other = load_model_safely(handle.trial_dir(partner) / STUDY_MODEL)
+        member_probs = [val.probabilities(model), val.probabilities(other)]
+        metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
+
+        def val_score(probs: np.ndarray) -> float:
+            return float(compute_metrics(split.labels("val"), probs, split.classes)[metric])
+
+        ensembled = Ensemble(members=(chosen.number, partner),
+                             val_score=val_score(np.mean(member_probs, axis=0)),
+                             first_val_score=val_score(member_probs[0]))
+        model = build_ensemble_model([model, other], [f"trial_{chosen.number:04d}",
+                                                      f"trial_{partner:04d}"])
     if soup:
         souped = _soup(model, chosen, val, handle)
     if ensemble:
@@ -184,6 +207,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         "path": str(out), "temperature": temperature,
         "soup": souped.to_dict() if souped is not None else None,
         "ensemble": ensembled.to_dict() if ensembled is not None else None,
+        "blend_floor": partner is not None,
         "tta": _choose_tta(model, val, handle) if tta and retrain == "none"
         else {"views": ["identity"], "val_plain": None, "val_tta": None, "candidates": []},
     }
@@ -211,13 +235,33 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     if summary["exported_test"] is not None:
         handle.study.set_user_attr(EXPORT_ATTR, {
             k: summary[k] for k in ("trial", "temperature", "soup", "ensemble", "latency_ms",
-                                    "exported_test", "exported", "path")}
+                                    "exported_test", "exported", "path", "blend_floor")}
             | {"views": summary["tta"]["views"]})
     if tflite:
         summary["tflite"] = _export_tflite(out, strategy, split, config)
     _write_text(out / "export.json", json.dumps(summary, indent=2, default=str))
     _write_text(out / "MODEL_CARD.md", _model_card(summary, strategy, labels))
     return summary
+
+
+def _blend_partner(handle: Any, trial: int, blend_floor: bool | None, retrain: str,
+                   soup: bool, ensemble: bool) -> int | None:
+    """The floor probe to average trial `trial` with, or None (see `export_trial`)."""
+    from tlsearch.recommend import floor_partner
+
+    if blend_floor is False or (blend_floor is None and not getattr(
+            handle.config, "blend_floor", True)):
+        return None
+    if retrain != "none" or soup or ensemble:
+        if blend_floor:
+            raise ExportError("--blend-floor averages the trial with its probe as trained: "
+                              "drop --soup, --ensemble and --retrain train+val")
+        return None
+    partner = floor_partner(handle, trial)
+    if partner is None and blend_floor:
+        raise ExportError(f"--blend-floor: trial {trial} is itself a linear probe, or no "
+                          "linear probe on its backbone and size kept its model")
+    return partner
 
 
 class _ValImages:
@@ -407,7 +451,14 @@ def _soup_line(soup: dict[str, Any] | None) -> str:
             f"validation vs {soup['first_val_score']:.4f} for the trial alone")
 
 
-def _ensemble_line(ensemble: dict[str, Any] | None) -> str:
+def _ensemble_line(ensemble: dict[str, Any] | None, blend_floor: bool = False) -> str:
+    if ensemble is not None and blend_floor:
+        members = ensemble["members"]
+        return (f"- Ensemble: trial #{members[0]} averaged with the linear probe on its own "
+                f"backbone and size, trial #{members[1]} (the study's floor blend): "
+                f"{ensemble['val_score']:.4f} on validation vs {ensemble['first_val_score']:.4f} "
+                "for the trial alone; the probe's forward pass is added per image; "
+                "`export --no-blend-floor` for the trial alone")
     if ensemble is None:
         return "- Ensemble: none asked for (one model)"
     if len(ensemble["members"]) == 1:
@@ -475,7 +526,7 @@ def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -
         _calibration_line(summary),
         _tta_line(summary["tta"]),
         _soup_line(summary.get("soup")),
-        _ensemble_line(summary.get("ensemble")),
+        _ensemble_line(summary.get("ensemble"), summary.get("blend_floor", False)),
         f"- CPU latency, batch of one: {summary['latency_ms']:.1f} ms per image "
         "(every member and view included)",
         f"- Data fingerprint: {summary['fingerprint']}",

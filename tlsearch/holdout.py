@@ -12,6 +12,15 @@ The raw-pixel yardstick (`tlsearch.pixels`) is fitted on train and scored here t
 The recommended trial's probabilities are also calibrated (`tlsearch.calibration`):
 the temperature is fitted on its recorded validation predictions, and the test split
 measures the expected calibration error before and after.
+
+When the recommendation fine-tunes and `SearchConfig.blend_floor` is on, the headline is
+the mean of its probabilities and those of the linear probe on its own backbone and size
+(`tlsearch.recommend.floor_partner`): a fixed rule, chosen before any test image is read.
+Fine-tuning wins or loses against the probe on a few dozen validation images by less
+than their noise; averaging the two keeps most of a real gain and, on the benchmark
+runs, never fell below the probe (benchmarks/RESULTS-transfer*.md). In weight space the
+same idea is WiSE-FT (Wortsman et al., CVPR 2022, *Robust fine-tuning of zero-shot
+models*); in output space it needs no shared architecture.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HOLDOUT_ATTR", "holdout_scores", "score_holdout", "score_of", "temperature_of"]
+__all__ = ["HOLDOUT_ATTR", "blend_of", "holdout_scores", "score_holdout", "score_of",
+           "temperature_of"]
 
 #: Bumped when the calibration measurement changes: older records are measured again.
 CALIBRATION_VERSION = 2
@@ -40,28 +50,43 @@ def score_of(record: dict[str, Any] | None, number: int) -> dict[str, Any] | Non
     return ((record or {}).get("scores") or {}).get(str(number))
 
 
+def blend_of(record: dict[str, Any] | None, number: int) -> dict[str, Any] | None:
+    """The stored floor blend of recommended trial `number` (members, test and validation
+    scores, calibration), or None when its recommendation is the trial alone."""
+    blend = (record or {}).get("blend")
+    return blend if blend and blend["members"][0] == number else None
+
+
+def _val_probs(trial_dir: Path) -> np.ndarray | None:
+    import json
+
+    try:
+        return np.asarray(json.loads((trial_dir / "result.json").read_text())
+                          ["val_probabilities"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def temperature_of(trial_dir: Path, split: Any) -> float | None:
     """The trial's temperature, fitted on its recorded validation predictions (None when
     it recorded none that match the split)."""
-    import json
-
     from tlsearch.calibration import fit_temperature
 
-    try:
-        probs = np.asarray(json.loads((trial_dir / "result.json").read_text())
-                           ["val_probabilities"], dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    probs = _val_probs(trial_dir)
     labels = split.labels("val")
-    if probs.ndim != 2 or len(probs) != len(labels):
+    if probs is None or probs.ndim != 2 or len(probs) != len(labels):
         return None
     return fit_temperature(probs, labels)
 
 
-def _calibration(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, Any]:
+def _calibration(probs: np.ndarray, labels: np.ndarray, temperature: float,
+                 members: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """ECE before and after temperature scaling; with `members` (an average's), each
+    member is scaled by T and then averaged, as the exported ensemble does."""
     from tlsearch.calibration import calibrate, expected_calibration_error, reliability
 
-    after = calibrate(probs, temperature)
+    after = (calibrate(probs, temperature) if members is None
+             else np.mean([calibrate(m, temperature) for m in members], axis=0))
     return {"version": CALIBRATION_VERSION, "temperature": temperature, "bins": 15,
             "ece_before": expected_calibration_error(probs, labels),
             "ece_after": expected_calibration_error(after, labels),
@@ -128,6 +153,14 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
     paths = [root / p for p, _ in split.test]
     labels = np.asarray([y for _, y in split.test])
     trials = {t.number: t for t in handle.study.get_trials(deepcopy=False)}
+    partner = None
+    if best is not None and getattr(handle.config, "blend_floor", True):
+        from tlsearch.recommend import floor_partner
+
+        partner = floor_partner(handle, best["number"])
+        if partner is not None:
+            wanted.setdefault(partner, None)
+    predicted: dict[int, np.ndarray] = {}
     for number, baseline in sorted(wanted.items()):
         model = handle.trial_dir(number) / MODEL_FILE
         if not model.is_file():
@@ -141,7 +174,7 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
             continue  # scored already: the test split is read once per model (a score
             # from before calibration was measured is read again, to measure it)
         size = int(trials[number].user_attrs["strategy"]["image_size"])
-        probs = _predict(model, paths, size)
+        probs = predicted[number] = _predict(model, paths, size)
         metrics = compute_metrics(labels, probs, split.classes)
         value, low, high = bootstrap_interval(labels, probs, metric)
         scores[str(number)] = {
@@ -156,7 +189,49 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
     pixels = record.get("pixels")
     if not pixels or pixels.get("metric") != metric:
         pixels = _pixels(root, split, metric)
+    blend = None
+    if partner is not None:
+        blend = _blend(handle, (best["number"], partner), record.get("blend"), predicted,
+                       trials, paths, labels, split, metric)
     record = {"n_test": len(paths), "metric": metric, "scores": scores,
-              "recommended": best["number"] if best else None, "pixels": pixels}
+              "recommended": best["number"] if best else None, "pixels": pixels,
+              "blend": blend}
     handle.study.set_user_attr(HOLDOUT_ATTR, record)
     return record
+
+
+def _blend(handle: Any, members: tuple[int, int], previous: dict[str, Any] | None,
+           predicted: dict[int, np.ndarray], trials: dict[int, Any], paths: list[Path],
+           labels: np.ndarray, split: Any, metric: str) -> dict[str, Any] | None:
+    """The recommended trial averaged with its floor probe, scored on test once per pair
+    of models; None when a member's model or validation predictions are missing."""
+    from tlsearch.calibration import fit_temperature
+    from tlsearch.report.context import bootstrap_interval, metric_value
+    from tlsearch.study import MODEL_FILE
+    from tlsearch.train import compute_metrics
+
+    models = [handle.trial_dir(n) / MODEL_FILE for n in members]
+    if not all(m.is_file() for m in models):
+        return None
+    stamps = [os.stat(m).st_mtime_ns for m in models]
+    if previous and previous.get("members") == list(members) \
+            and previous.get("model_mtime_ns") == stamps:
+        return previous
+    val = [_val_probs(handle.trial_dir(n)) for n in members]
+    y_val = split.labels("val")
+    if any(v is None or v.shape != (len(y_val), len(split.classes)) for v in val):
+        return None
+    val_mean = np.mean(val, axis=0)
+    test = [predicted[n] if n in predicted else _predict(
+        m, paths, int(trials[n].user_attrs["strategy"]["image_size"]))
+        for n, m in zip(members, models, strict=True)]
+    mean = np.mean(test, axis=0)
+    value, low, high = bootstrap_interval(labels, mean, metric)
+    metrics = compute_metrics(labels, mean, split.classes)
+    temperature = fit_temperature(val_mean, y_val, members=val)
+    return {"members": list(members), "value": value, "low": low, "high": high,
+            "val_value": metric_value(metric, y_val, val_mean.argmax(1), len(split.classes)),
+            "metrics": {k: metrics[k] for k in ("balanced_accuracy", "accuracy", "macro_f1")},
+            "model_mtime_ns": stamps,
+            "calibration": None if temperature is None
+            else _calibration(mean, labels, temperature, members=test)}

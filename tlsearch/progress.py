@@ -122,10 +122,20 @@ class SearchProgress:
                     f"{100 * chosen['margin']:.1f} points higher, within one standard error "
                     f"of {100 * (chosen['standard_error'] or 0):.1f}): it trains fewer "
                     "parameters (--select best to take the top trial)")
-        from tlsearch.holdout import score_of
+        from tlsearch.holdout import blend_of, score_of
 
         test = score_of(holdout, best["number"])
-        if test:
+        blend = blend_of(holdout, best["number"])
+        if test and blend:
+            alone, test = test, blend
+            c.print(f"  recommended: trial #{best['number']} averaged with its floor, the "
+                    f"linear probe #{blend['members'][1]} on the same backbone "
+                    "(--no-blend-floor: the trial alone)")
+            c.print(f"  [bold]held-out test {holdout['metric']}: {test['value']:.3f}[/] "
+                    f"(95% interval {test['low']:.3f}-{test['high']:.3f}, "
+                    f"{holdout['n_test']} images no selection saw); trial #{best['number']} "
+                    f"alone {alone['value']:.3f}")
+        elif test:
             c.print(f"  [bold]held-out test {holdout['metric']}: {test['value']:.3f}[/] "
                     f"(95% interval {test['low']:.3f}-{test['high']:.3f}, "
                     f"{holdout['n_test']} images no selection saw)")
@@ -151,10 +161,17 @@ def render_status(console: Console, summary: dict[str, Any], config: Any) -> Non
     console.print(f"Study [bold]{escape(summary['study'])}[/] ({escape(config.data_dir)}, "
                   f"space {escape(config.space)}, metric {summary['metric']}): {counts}")
     best, test = summary.get("best"), summary.get("test") or {}
-    from tlsearch.holdout import score_of
+    from tlsearch.holdout import blend_of, score_of
 
     scored = score_of(test, best["number"]) if best else None
-    if best and scored:
+    blend = blend_of(test, best["number"]) if best else None
+    if best and scored and blend:
+        console.print(f"Recommended: trial #{best['number']} averaged with its floor probe "
+                      f"#{blend['members'][1]}, validation {blend['val_value']:.4f}, "
+                      f"[bold]held-out test {blend['value']:.4f}[/] "
+                      f"({blend['low']:.3f}-{blend['high']:.3f}, {test['n_test']} images; "
+                      f"the trial alone {scored['value']:.4f})")
+    elif best and scored:
         console.print(f"Recommended: trial #{best['number']}, validation {best['value']:.4f}, "
                       f"[bold]held-out test {scored['value']:.4f}[/] "
                       f"({scored['low']:.3f}-{scored['high']:.3f}, {test['n_test']} images)")

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RULES", "Candidate", "Selection", "paired_standard_error", "select"]
+__all__ = ["RULES", "Candidate", "Selection", "floor_partner", "paired_standard_error",
+           "select"]
 
 #: "best": the top validation score; "1se": the simplest trial within one standard error.
 RULES = ("best", "1se")
@@ -149,3 +150,35 @@ def recommend_trial(handle: object, rule: str | None = None) -> Selection | None
             probs[t.number] = np.asarray(result["val_probabilities"], dtype=np.float64)
         candidates.append(Candidate(t.number, float(t.value), trainable))
     return select(candidates, labels, probs, metric, rule)
+
+
+def floor_partner(handle: object, chosen: int) -> int | None:
+    """The kept linear probe on trial `chosen`'s backbone, size and weights, when
+    `chosen` trains more than one (it fine-tunes or has a hidden layer): the floor its
+    recommendation is averaged with (`SearchConfig.blend_floor`, `tlsearch.holdout`).
+
+    scikit-learn's exact probe (`head_init: probe`, the floor check and the linear_probe
+    baseline) comes first, then other head-only solves, best validation score first.
+    None when `chosen` is itself a probe or no such probe's model is kept.
+    """
+    from optuna.trial import TrialState
+
+    from tlsearch.baselines import is_linear_probe
+    from tlsearch.strategy import Strategy
+    from tlsearch.study import MODEL_FILE
+
+    complete = {t.number: t for t in handle.study.get_trials(  # type: ignore[attr-defined]
+        deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None}
+    if chosen not in complete:
+        return None
+    top = Strategy.from_dict(complete[chosen].user_attrs["strategy"])
+    if is_linear_probe(top):
+        return None
+    probes = []
+    for t in complete.values():
+        s = Strategy.from_dict(t.user_attrs["strategy"])
+        if (is_linear_probe(s) and (s.backbone, s.image_size, s.weights)
+                == (top.backbone, top.image_size, top.weights)
+                and (handle.trial_dir(t.number) / MODEL_FILE).is_file()):  # type: ignore[attr-defined]
+            probes.append((s.head_init != "probe", -t.value, t.number))
+    return min(probes)[2] if probes else None

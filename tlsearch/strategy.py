@@ -33,9 +33,12 @@ IMBALANCE_REMEDIES = ("none", "class_weight", "oversample", "focal")
 SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 #: How the head starts: `solve` standardizes the pooled features and fits a converged
-#: linear classifier on them (tlsearch.head); `random` is Keras's own initialisation on
-#: unscaled features (the keras.io and fastai recipes).
-HEAD_INITS = ("solve", "random")
+#: linear classifier on them (tlsearch.head), C chosen on validation, SGD epochs kept
+#: only if they win; `probe` is that solve at scikit-learn's defaults and nothing else
+#: (C = 1, no epochs: `StandardScaler` + `LogisticRegression` exactly, the floor of
+#: issue #24); `random` is Keras's own initialisation on unscaled features (the keras.io
+#: and fastai recipes).
+HEAD_INITS = ("solve", "probe", "random")
 
 
 class StrategyError(ValueError):
@@ -105,6 +108,9 @@ class Strategy:
             raise StrategyError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if self.batch_size < 1:
             raise StrategyError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.head_init == "probe" and (self.head_hidden_units or self.fine_tunes):
+            raise StrategyError("head_init 'probe' is a linear classifier on a frozen backbone: "
+                                "it needs head_hidden_units 0 and no fine-tuning")
         if self.head_l2 < 0 or self.weight_decay < 0:
             raise StrategyError("head_l2 and weight_decay must be >= 0")
 
@@ -115,6 +121,8 @@ class Strategy:
 
     @property
     def total_epochs(self) -> int:
+        if self.head_init == "probe":
+            return 0  # the solve is the model
         return self.head_epochs + (self.finetune_epochs if self.fine_tunes else 0)
 
     def replace(self, **changes: Any) -> Strategy:
@@ -137,6 +145,10 @@ class Strategy:
 
     def describe(self) -> str:
         """The strategy in plain words, as the report and the CLI print it."""
+        if self.head_init == "probe":
+            return (f"{self.backbone} at {self.image_size}px ({self.weights} weights): "
+                    "scikit-learn's StandardScaler + LogisticRegression (C = 1) on the frozen "
+                    f"pooled features, no SGD after it; imbalance remedy {self.imbalance}")
         if self.unfreeze_blocks == 0 or not self.fine_tunes:
             tune = "keep the backbone frozen and train only the head"
         else:

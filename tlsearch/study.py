@@ -104,6 +104,11 @@ class SearchConfig:
     #: (on 12 benchmark runs "1se" scored higher on test once, by 0.2 points, and lost
     #: 1.1 points on average: benchmarks/RESULTS-transfer*.md).
     select: str = "best"
+    #: Recommend the chosen trial averaged with the linear probe on its own backbone and
+    #: size (`tlsearch.recommend.floor_partner`) when it fine-tunes: the probabilities'
+    #: mean holds scikit-learn's probe as a floor on test where the trial alone did not
+    #: (benchmarks/RESULTS-transfer*.md).
+    blend_floor: bool = True
     #: Bound on the frozen-prefix cache's data in GiB (least recently used entries are
     #: evicted past it); None: unbounded.
     cache_max_gb: float | None = None
@@ -865,7 +870,7 @@ def _enqueue_floor(handle: StudyHandle, emit: Callable[[str, dict], None]) -> No
     """
     from optuna.trial import TrialState
 
-    from tlsearch.baselines import BASELINES, floor_of, is_linear_probe
+    from tlsearch.baselines import BASELINES, floor_of
     from tlsearch.strategy import Strategy
 
     config, study = handle.config, handle.study
@@ -891,9 +896,12 @@ def _enqueue_floor(handle: StudyHandle, emit: Callable[[str, dict], None]) -> No
         # on test); a running one is another worker's, and will be.
         kept = t.state == TrialState.RUNNING or (
             t.state == TrialState.COMPLETE and (handle.trial_dir(t.number) / MODEL_FILE).is_file())
+        # Only scikit-learn's exact probe counts: a sampled head-only trial chose its C
+        # on validation and may have trained SGD epochs after the solve.
         if (s and kept and s["backbone"] == strategy.backbone
                 and int(s["image_size"]) == strategy.image_size
-                and is_linear_probe(Strategy.from_dict(s))):
+                and s.get("weights") == strategy.weights
+                and s.get("head_init") == "probe"):
             return  # measured already
     floor = floor_of(strategy)
     study.enqueue_trial({}, user_attrs={"floor": best.number, "strategy": floor.to_dict()})

@@ -135,7 +135,7 @@ class Replay:
         steps = int(result["metrics"]["best_step"])
         factors = tuple(h["lr_head"] / strategy.head_lr for h in result["history"][:steps])
         solve = result.get("extra", {}).get("head_solve")
-        if strategy.head_init == "solve" and not solve:
+        if strategy.head_init != "random" and not solve:
             raise ValueError("the trial's head solve was not recorded (a study from before "
                              "tlsearch 0.5): its C cannot be repeated")
         return cls(steps=steps, lr_factors=factors,
@@ -325,6 +325,8 @@ class _Phase:
 
 
 def _phases(strategy: Strategy, n_blocks: int) -> list[_Phase]:
+    if strategy.head_init == "probe":
+        return []  # the solve is the model: no SGD after it
     phases = [_Phase("head", 0, strategy.head_epochs)]
     if not strategy.fine_tunes:
         return phases
@@ -403,7 +405,8 @@ class _Engine:
         # still sees a frozen backbone in inference mode: it trains on the cached backbone
         # outputs (the activations head-only trials use) instead of running the network.
         self.warmup_on_outputs = (not self.cached and strategy.bn_mode != "adapt"
-                                  and strategy.head_epochs > 0)
+                                  and strategy.head_epochs > 0
+                                  and strategy.head_init != "probe")
         if self.warmup_on_outputs:
             self.notes.append("head warm-up trained on cached backbone outputs")
         self.n_classes = len(data.classes)
@@ -727,17 +730,19 @@ class _Engine:
         return np.asarray(maps, dtype=np.float32).mean(axis=(1, 2))
 
     def init_head(self) -> None:
-        """Start the head from the solve of `tlsearch.head` (`head_init: solve`)."""
-        from tlsearch.head import solve_linear_head
+        """Start the head from the solve of `tlsearch.head` (`head_init: solve` or `probe`)."""
+        from tlsearch.head import DEFAULT_C, solve_linear_head
 
         s = self.strategy
-        if s.head_init != "solve":
+        if s.head_init == "random":
             return
         t0 = time.perf_counter()
+        c_grid = (None if s.head_init == "solve" else (DEFAULT_C,)) if self.replay is None \
+            else (self.replay.head_C,)
         solved = solve_linear_head(
             self._pooled("train"), self.y_train, self._pooled("val"), self.y_val,
             self.n_classes, balanced=s.imbalance != "none", metric=self.metric,
-            c_grid=None if self.replay is None else (self.replay.head_C,))
+            c_grid=c_grid)
         self.tm.head.get_layer("head_norm").set_weights([solved.mean, solved.variance])
         if not s.head_hidden_units:
             self.tm.head.get_layer("head_logits").set_weights([solved.kernel, solved.bias])

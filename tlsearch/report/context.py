@@ -424,7 +424,9 @@ def _recipe_rows(s: dict[str, Any], spec: Any, params_total: Any) -> list[dict[s
         epochs += f" + {s['finetune_epochs']} fine-tuning"
     total = s["head_epochs"] + (s["finetune_epochs"] if _fine_tunes(s) else 0)
     epochs += f" = {total} epochs, batch {s['batch_size']}"
-    if s.get("early_stopping_patience"):
+    if s.get("head_init") == "probe":
+        epochs = "none: the solve at C = 1 is the model"
+    elif s.get("early_stopping_patience"):
         epochs += f", early stopping after {s['early_stopping_patience']} epochs without gain"
     rows.append({"label": "Epochs", "value": epochs,
                  "detail": "the weights of the best validation epoch are kept"})
@@ -474,7 +476,7 @@ _BN_REESTIMATE = '''def reestimate_batchnorm():
 
 def _solve_snippet(s: dict[str, Any]) -> str:
     """The head's starting point in the standalone script (`tlsearch.head`)."""
-    if s.get("head_init", "solve") != "solve":
+    if s.get("head_init", "solve") == "random":
         return ("# head_init: random: Keras's own initialisation; the standardization "
                 "layer stays the identity.\n")
     balanced = s["imbalance"] != "none"
@@ -513,7 +515,8 @@ weights = {"compute_sample_weight('balanced', yt)" if balanced else "None"}
 # C from strong to weak regularisation, each fit warm-started from the last; C = 1 is
 # kept unless another C beats it on validation by more than one standard error.
 lr, fits = LogisticRegression(max_iter={HEAD_MAX_ITER}, tol={HEAD_TOL}, warm_start=True), {{}}
-for c in {tuple(sorted(HEAD_C_GRID))!r}:
+for c in {tuple(sorted(HEAD_C_GRID)) if s.get("head_init", "solve") == "solve"
+           else (HEAD_DEFAULT_C,)!r}:
     lr.set_params(C=c).fit(z_train, yt, sample_weight=weights)
     rank = (balanced_accuracy_score(yv, lr.predict(z_val)),
             -log_loss(yv, lr.predict_proba(z_val), labels=lr.classes_))
@@ -537,7 +540,9 @@ def _export_of(record: dict[str, Any] | None, trial: int) -> dict[str, Any] | No
     soup, ensemble = record.get("soup"), record.get("ensemble")
     if soup and len(soup["ingredients"]) > 1:
         parts.append("weight soup of trials " + ", ".join(f"#{n}" for n in soup["ingredients"]))
-    if ensemble and len(ensemble["members"]) > 1:
+    if ensemble and record.get("blend_floor"):
+        parts.append(f"trial #{trial} averaged with its floor probe #{ensemble['members'][1]}")
+    elif ensemble and len(ensemble["members"]) > 1:
         parts.append("ensemble of trials " + ", ".join(f"#{n}" for n in ensemble["members"]))
     if not parts:
         parts.append(f"trial #{trial} alone")
@@ -762,7 +767,7 @@ def epoch_data():
 '''
     sample_weight = ("tf.gather(class_weights, tf.argmax(y, 1))" if weighted else "None")
     start_best = ""
-    if s.get("head_init", "solve") == "solve" and not s.get("head_hidden_units"):
+    if s.get("head_init", "solve") != "random" and not s.get("head_hidden_units"):
         start_best = ("best_score = balanced_accuracy()  # the solve: SGD must beat it\n"
                       "best_weights = [w.numpy() for w in base.weights + head.weights]\n")
     lines += f'''
@@ -1330,6 +1335,11 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
 
     holdout = handle.study.user_attrs.get("holdout") or {}
     test_scores = holdout.get("scores") or {}
+    from tlsearch.holdout import blend_of
+
+    blend = blend_of(holdout, best["number"]) if best is not None else None
+    # The headline: the trial alone, or averaged with its floor probe (`--blend-floor`).
+    headline = blend or (test_scores.get(str(best["number"])) if best is not None else None)
     recommendation = None
     if best is not None:
         s = best["strategy"] or {}
@@ -1349,7 +1359,9 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
                   if ci is not None and t["value"] >= ci["low"]]
         weights_text, weights_warning = _weights_text(s.get("weights", "imagenet"), spec_of(s))
         recommendation = {
-            "test": test_scores.get(str(best["number"])), "n_test": holdout.get("n_test"),
+            "test": headline, "n_test": holdout.get("n_test"),
+            "test_val": blend["val_value"] if blend else best["value"],
+            "blend": _blend_text(blend, test_scores, best["number"], trials),
             "export": _export_of(handle.study.user_attrs.get("export"), best["number"]),
             "trial": best["number"], "value": best["value"], "ci": ci, "ci_note": ci_note,
             "n_val": n_val, "resamples": BOOTSTRAP_RESAMPLES,
@@ -1409,7 +1421,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         "doctor_note": doctor_note,
         "search": _search_health(trials),
         "constraints": constraints,
-        "baselines": _baselines(trials, best, metric, test_scores),
+        "baselines": _baselines(trials, best, metric, test_scores, headline),
         "ranking": _ranking(handle.study.user_attrs.get("ranking") or [], complete,
                             handle.study.user_attrs.get("ranker") or "logme"),
         "cost": {"time": cost_points, "latency": latency_points,
@@ -1420,7 +1432,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
     }
     context["findings"] = _diagnose(trials, best, aggregates, len(classes), metric, doctor, n_val,
                                     split.merged_groups if split else 0)
-    context["pixels"] = _pixels(holdout.get("pixels"), best, test_scores, context["findings"])
+    context["pixels"] = _pixels(holdout.get("pixels"), best, headline, context["findings"])
     context["best_model"] = (_best_model(best, loaded.probs.get(best["number"]), split,
                                          Path(config.data_dir), classes, metric)
                              if best is not None else None)
@@ -1428,12 +1440,13 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
 
 
 def _pixels(pixels: dict[str, Any] | None, best: dict[str, Any] | None,
-            test_scores: dict[str, Any], findings: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The raw-pixel yardstick beside the recommendation; a warning when it does as well
-    (on test where both were scored, else on validation)."""
+            headline: dict[str, Any] | None,
+            findings: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The raw-pixel yardstick beside the recommendation (`headline`: its test score);
+    a warning when it does as well (on test where both were scored, else validation)."""
     if not pixels or pixels.get("val") is None:
         return None
-    ours = (test_scores.get(str(best["number"])) or {}).get("value") if best else None
+    ours = (headline or {}).get("value") if best else None
     where = "test" if ours is not None and pixels.get("test") is not None else "validation"
     ref = pixels["test"] if where == "test" else pixels["val"]
     if best is not None and ours is None:
@@ -1469,8 +1482,10 @@ def _constraints(config: Any, complete: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
-               metric: str, test_scores: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each standard recipe's trial, and how the recommendation compares with it."""
+               metric: str, test_scores: dict[str, Any],
+               headline: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each standard recipe's trial, and how the recommendation (on test: `headline`)
+    compares with it."""
     from tlsearch.baselines import BASELINES
 
     titles = {b.name: b.title for b in BASELINES}
@@ -1493,7 +1508,7 @@ def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
                "is_best": best is not None and best["number"] == t["number"],
                "test": (test_scores.get(str(t["number"])) or {}).get("value"),
                "test_gain_points": None}
-        best_test = (test_scores.get(str(best["number"])) or {}).get("value") if best else None
+        best_test = (headline or {}).get("value") if best else None
         if best_test is not None and row["test"] is not None:
             row["test_gain_points"] = 100.0 * (best_test - row["test"])
         if best is not None and t["state"] == "complete" and t["value"] is not None:
@@ -1502,6 +1517,26 @@ def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
                 row["time_ratio"] = best["seconds"] / t["seconds"]
         rows.append(row)
     return rows
+
+
+def _blend_text(blend: dict[str, Any] | None, test_scores: dict[str, Any], trial: int,
+                trials: list[dict[str, Any]]) -> str | None:
+    """What the floor blend is and what it changed on test, in one sentence."""
+    if not blend:
+        return None
+    partner = blend["members"][1]
+    alone = (test_scores.get(str(trial)) or {}).get("value")
+    floor = (test_scores.get(str(partner)) or {}).get("value")
+    figures = "; ".join(f"{what} {value:.3f}" for what, value in (
+        (f"trial #{trial} alone", alone), (f"the probe #{partner} alone", floor))
+        if value is not None)
+    return (f"The recommendation is trial #{trial} averaged with the linear probe on its own "
+            f"backbone and size (trial #{partner}): the mean of the two models' probabilities. "
+            "Whether fine-tuning beats that probe is decided on a few dozen validation images, "
+            "by less than their noise; the average keeps most of a real gain and does not "
+            f"sink below the probe when the lead was luck. On test: {figures}. "
+            "Search with --no-blend-floor to recommend the trial alone; it costs the "
+            "probe's forward pass at prediction time.")
 
 
 def _selection_text(selection: Any, complete: list[dict[str, Any]], metric: str) -> str | None:
