@@ -73,11 +73,42 @@ def one_study(study_dir: Path) -> dict | None:
     pv = {n: val_probs(n) for n in (top.chosen, floor.number)}
     pt = {n: _probs(handle.trial_dir(n) / MODEL_FILE, root, split.paths("test"), s.image_size)
           for n in (top.chosen, floor.number)}
+    wise = _wise(handle, top.chosen, floor.number, s, root, split)
+    if wise is not None:
+        pv["wise"], pt["wise"] = wise
     for part, labels, probs in (("val", y_val, pv), ("test", y_test, pt)):
         row[f"{part}_top"] = score(labels, probs[top.chosen])
         row[f"{part}_floor"] = score(labels, probs[floor.number])
         row[f"{part}_blend"] = score(labels, (probs[top.chosen] + probs[floor.number]) / 2)
+        row[f"{part}_wise"] = score(labels, probs["wise"]) if "wise" in probs else None
     return row
+
+
+def _wise(handle, top: int, floor: int, s, root: Path, split) -> tuple | None:
+    """WiSE-FT's weight-space average (Wortsman et al., CVPR 2022), alpha = 0.5: one
+    model, where the two share every weight shape (BN statistics re-estimated on the
+    training images when the fine-tune adapted its own). None where they do not."""
+    from tlsearch.data import decode_image
+    from tlsearch.export import load_model_safely
+    from tlsearch.soup import average_weights, reestimate_batchnorm
+    from tlsearch.study import MODEL_FILE
+
+    a = load_model_safely(handle.trial_dir(top) / MODEL_FILE)
+    b = load_model_safely(handle.trial_dir(floor) / MODEL_FILE)
+    wa, wb = a.get_weights(), b.get_weights()
+    if len(wa) != len(wb) or any(x.shape != y.shape for x, y in zip(wa, wb, strict=True)):
+        return None
+    a.set_weights(average_weights([wa, wb]))
+    if s.bn_mode == "adapt":
+        x = np.stack([decode_image(root / p, s.image_size) for p in split.paths("train")])
+        reestimate_batchnorm(a, x.astype(np.float32))
+
+    def probs(part: str) -> np.ndarray:
+        x = np.stack([decode_image(root / p, s.image_size) for p in split.paths(part)])
+        return np.asarray(a.predict(x.astype(np.float32), verbose=0, batch_size=64),
+                          dtype=np.float64)
+
+    return probs("val"), probs("test")
 
 
 def main() -> None:
@@ -97,11 +128,18 @@ def main() -> None:
                  str(w) for w in args.workdirs) + "` over the studies of the transfer "
              "benchmark runs (RESULTS-transfer*.md); balanced accuracy.", "",
              "| study | top trial | floor probe | val: top / floor / blend "
-             "| test: top / floor / blend |", "|---|---|---|---|---|"]
+             "| test: top / floor / blend | WiSE-FT weights, val / test |",
+             "|---|---|---|---|---|---|"]
+
+    def wise(r: dict) -> str:
+        return ("— (shapes differ)" if r["val_wise"] is None
+                else f"{r['val_wise']:.3f} / {r['test_wise']:.3f}")
+
     for r in rows:
         lines.append(f"| {r['study']} | #{r['top']} | #{r['floor']} | "
                      f"{r['val_top']:.3f} / {r['val_floor']:.3f} / {r['val_blend']:.3f} | "
-                     f"{r['test_top']:.3f} / {r['test_floor']:.3f} / {r['test_blend']:.3f} |")
+                     f"{r['test_top']:.3f} / {r['test_floor']:.3f} / {r['test_blend']:.3f} | "
+                     f"{wise(r) if not r['same'] else '—'} |")
     differ = [r for r in rows if not r["same"]]
     if differ:
         below = sum(r["test_blend"] < r["test_floor"] for r in differ)
@@ -109,6 +147,13 @@ def main() -> None:
         lines += ["", f"Where the top trial is not itself the probe ({len(differ)} studies): "
                   f"the blend is below the floor probe on test in {below}, and "
                   f"{100 * mean:+.1f} points against the top trial on average.", ""]
+        souped = [r for r in differ if r["test_wise"] is not None]
+        if souped:
+            below = sum(r["test_wise"] < r["test_floor"] for r in souped)
+            mean = np.mean([r["test_wise"] - r["test_blend"] for r in souped])
+            lines += [f"WiSE-FT's weight average (one model) where the shapes match "
+                      f"({len(souped)} studies): below the floor probe on test in {below}, "
+                      f"{100 * mean:+.1f} points against the output blend on average.", ""]
     print(f"wrote {write_results('RESULTS-floor-blend.md', lines)}")
 
 

@@ -65,7 +65,8 @@ def test_export_soup_through_the_cli(tmp_path):
     run_search(config)
     runner = CliRunner()
     studies = str(tmp_path / "studies")
-    for name, extra in (("plain", []), ("soup", ["--soup"])):
+    # plain: the trial alone (not averaged with a kept head-only trial on its backbone).
+    for name, extra in (("plain", ["--no-blend-floor"]), ("soup", ["--soup"])):
         done = runner.invoke(app, ["export", "s", "--out", str(tmp_path / name), "--studies",
                                    studies, "--no-calibrate", "--no-tta", *extra])
         assert done.exit_code == 0, done.output
@@ -81,3 +82,45 @@ def test_export_soup_through_the_cli(tmp_path):
         np.testing.assert_allclose(souped, plain, atol=1e-6)
     else:
         assert not np.allclose(souped, plain)
+
+
+def test_batchnorm_statistics_are_re_estimated_under_the_soups_weights():
+    """Averaged BN statistics are not the soup's: after re-estimation each BN layer's
+    moving mean and variance are its inputs' over the images, nested models included."""
+    import keras
+
+    from tlsearch.soup import batchnorm_layers, reestimate_batchnorm
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"),
+                              keras.layers.BatchNormalization(name="bn")], name="inner")
+    model = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2)])
+    bn = batchnorm_layers(model)[0]
+    bn.trainable = False  # as a frozen backbone's BN: still re-estimated, then restored
+    bn.moving_mean.assign(np.full(3, 9.0, dtype="float32"))
+    x = np.random.default_rng(0).normal(2.0, 3.0, (150, 4)).astype("float32")
+    reestimate_batchnorm(model, x, batch_size=64)
+    h = inner.get_layer("d")(x).numpy()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), h.mean(0), rtol=1e-4, atol=1e-4)
+    # Per-batch variances averaged: close to, not exactly, the pooled variance.
+    np.testing.assert_allclose(bn.moving_variance.numpy(), h.var(0), rtol=0.1)
+    assert bn.trainable is False and bn.momentum == 0.99
+
+
+def test_a_soup_refreshes_statistics_only_where_an_ingredient_adapted_them():
+    seen = []
+
+    class M:
+        def __init__(self, w):
+            self.w = [np.array(w, dtype=np.float32)]
+
+        def get_weights(self):
+            return self.w
+
+        def set_weights(self, w):
+            self.w = w
+
+    models = {1: M([1.0]), 2: M([3.0])}
+    start = M([1.0])
+    soup = greedy_soup(start, [(1, 1, 0.0), (2, 2, 0.0)], lambda m: float(m.w[0][0]),
+                       lambda key: models[key], refresh=lambda m, n: seen.append(n))
+    assert soup.ingredients == (1, 2) and seen == [(1, 2), (1, 2)]  # scored, then final

@@ -309,7 +309,22 @@ def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any) -> Any:
     def score(m: Any) -> float:
         return float(compute_metrics(labels, val.probabilities(m), classes)[metric])
 
-    return greedy_soup(model, candidates, score, load_model_safely)
+    adapted = {t.number for t in [chosen, *others]
+               if t.user_attrs.get("strategy", {}).get("bn_mode") == "adapt"}
+    refresh = None
+    if adapted:  # some ingredient's BN statistics are its own: re-estimate the soup's
+        from tlsearch.data import decode_image
+        from tlsearch.soup import reestimate_batchnorm
+
+        root, size = Path(val.config.data_dir), val.strategy.image_size
+        train_x = np.stack([decode_image(root / p, size)
+                            for p in val.split.paths("train")]).astype(np.float32)
+
+        def refresh(m: Any, members: tuple[int, ...]) -> None:
+            if adapted & set(members):  # frozen statistics are shared: averaging keeps them
+                reestimate_batchnorm(m, train_x)
+
+    return greedy_soup(model, candidates, score, load_model_safely, refresh=refresh)
 
 
 def _ensemble(model: Any, chosen: Any, val: _ValImages, handle: Any

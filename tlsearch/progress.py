@@ -126,19 +126,16 @@ class SearchProgress:
 
         test = score_of(holdout, best["number"])
         blend = blend_of(holdout, best["number"])
-        if test and blend:
-            alone, test = test, blend
-            c.print(f"  recommended: trial #{best['number']} averaged with its floor, the "
-                    f"linear probe #{blend['members'][1]} on the same backbone "
-                    "(--no-blend-floor: the trial alone)")
+        if test:
+            alone = ""
+            if blend:
+                alone, test = f"; trial #{best['number']} alone {test['value']:.3f}", blend
+                c.print(f"  recommended: trial #{best['number']} averaged with its floor, the "
+                        f"linear probe #{blend['members'][1]} on the same backbone "
+                        "(--no-blend-floor: the trial alone)")
             c.print(f"  [bold]held-out test {holdout['metric']}: {test['value']:.3f}[/] "
                     f"(95% interval {test['low']:.3f}-{test['high']:.3f}, "
-                    f"{holdout['n_test']} images no selection saw); trial #{best['number']} "
-                    f"alone {alone['value']:.3f}")
-        elif test:
-            c.print(f"  [bold]held-out test {holdout['metric']}: {test['value']:.3f}[/] "
-                    f"(95% interval {test['low']:.3f}-{test['high']:.3f}, "
-                    f"{holdout['n_test']} images no selection saw)")
+                    f"{holdout['n_test']} images no selection saw){alone}")
             for number, row in sorted(holdout["scores"].items(), key=lambda kv: int(kv[0])):
                 if row.get("baseline") and int(number) != best["number"]:
                     c.print(f"  baseline {escape(row['baseline'])} (trial #{number}) on test: "

@@ -7,6 +7,12 @@ validation score, start from the best, add each next one to the average only if 
 soup's validation score improves. Candidates are the study's trials that kept their
 final weights and whose model has exactly the recommended trial's architecture (same
 weight shapes: backbone, size, head); the held-out test split is never consulted.
+
+BatchNorm statistics are not weights to average: where an ingredient re-estimated them
+on its own weights (`bn_mode: adapt`), the soup's are re-estimated under the soup's
+weights on the training images (`reestimate_batchnorm`, as SWA does with
+`torch.optim.swa_utils.update_bn`) before every validation score and at the end. Frozen
+or affine-only BatchNorm keeps the pretrained statistics every ingredient shares.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Soup", "average_weights", "greedy_soup"]
+__all__ = ["Soup", "average_weights", "batchnorm_layers", "greedy_soup",
+           "reestimate_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +56,56 @@ def average_weights(weights: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
     return out
 
 
+def batchnorm_layers(model: Any) -> list[Any]:
+    """Every `BatchNormalization` layer of a (possibly nested) Keras model."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found += batchnorm_layers(layer)
+    return found
+
+
+def reestimate_batchnorm(model: Any, images: np.ndarray, batch_size: int = 64) -> None:
+    """Replace every BatchNorm layer's moving mean and variance by their size-weighted
+    average over `images` under the model's current weights.
+
+    The whole model runs in training mode batch by batch with each BN momentum set to
+    seen / (seen + batch); nothing but BN statistics changes (no optimizer runs, and
+    dropout only perturbs what follows it, never the statistics before it).
+    """
+    bns = batchnorm_layers(model)
+    if not bns or not len(images):
+        return
+    saved = [(bn.momentum, bn.trainable) for bn in bns]
+    for bn in bns:
+        bn.trainable = True  # a non-trainable Keras BN ignores training=True
+        bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, dtype="float32"))
+        bn.moving_variance.assign(np.ones(bn.moving_variance.shape, dtype="float32"))
+    seen = 0
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
+            for bn in bns:
+                bn.momentum = seen / (seen + len(batch))
+            model(batch, training=True)
+            seen += len(batch)
+    finally:
+        for bn, (momentum, trainable) in zip(bns, saved, strict=True):
+            bn.momentum, bn.trainable = momentum, trainable
+
+
 def _same_shapes(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(x.shape == y.shape and x.dtype == y.dtype
                                     for x, y in zip(a, b, strict=True))
 
 
 def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
-                score: Callable[[Any], float], load: Callable[[Path], Any]) -> Soup:
+                score: Callable[[Any], float], load: Callable[[Path], Any], *,
+                refresh: Callable[[Any, tuple[int, ...]], None] | None = None) -> Soup:
     """Greedy soup into `model` (left holding the soup's weights).
 
     Args:
@@ -64,6 +114,9 @@ def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
             the first is the start (the recommended trial), then best score first.
         score: validation score of `model` with its current weights.
         load: loads a candidate model file (safely).
+        refresh: run on `model` and the trial numbers averaged into it after its
+            weights change, before it is scored (and at the end): BatchNorm
+            re-estimation where an ingredient adapted its statistics.
     """
     ordered = list(candidates)
     base = model.get_weights()
@@ -76,6 +129,8 @@ def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
         if not _same_shapes(base, weights):
             continue  # another architecture cannot be averaged in
         model.set_weights(average_weights([*kept, weights]))
+        if refresh is not None:
+            refresh(model, (*numbers, number))
         value = score(model)
         tried.append((number, value))
         if value > best:
@@ -83,5 +138,7 @@ def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
             numbers.append(number)
             best = value
     model.set_weights(average_weights(kept))
+    if refresh is not None and len(kept) > 1:
+        refresh(model, tuple(numbers))
     return Soup(ingredients=tuple(numbers), val_score=best, first_val_score=first,
                 tried=tuple(tried))
