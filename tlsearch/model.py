@@ -123,6 +123,36 @@ def augmentation_layers(level: str, *, seed: int = 0) -> list[Any]:
     raise ValueError(f"unknown augmentation level {level!r}")
 
 
+def reestimate_statistics(bns: list[Any], forward: Any, images: np.ndarray,
+                          batch_size: int = 64) -> None:
+    """Set the moving mean and variance of BatchNorm layers `bns` to their size-weighted
+    average over `images` under the current weights (as
+    `torch.optim.swa_utils.update_bn`).
+
+    `forward(batch)` runs the network in training mode; each BN momentum is set per
+    batch to seen / (seen + batch), which makes the moving statistics the average of the
+    batch statistics. Momentum and trainability are restored afterwards.
+    """
+    if not bns or not len(images):
+        return
+    saved = [(bn.momentum, bn.trainable) for bn in bns]
+    for bn in bns:
+        bn.trainable = True  # a non-trainable Keras BN ignores training=True
+        bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, dtype="float32"))
+        bn.moving_variance.assign(np.ones(bn.moving_variance.shape, dtype="float32"))
+    seen = 0
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
+            for bn in bns:
+                bn.momentum = seen / (seen + len(batch))
+            forward(batch)
+            seen += len(batch)
+    finally:
+        for bn, (momentum, trainable) in zip(bns, saved, strict=True):
+            bn.momentum, bn.trainable = momentum, trainable
+
+
 def _is_bn(layer: Any) -> bool:
     from keras import layers
 
@@ -204,32 +234,16 @@ class TransferModel:
 
     def reestimate_batchnorm(self, images: np.ndarray, batch_size: int = 64) -> None:
         """Replace every backbone BN layer's moving statistics by their average over
-        `images` under the current weights (as `torch.optim.swa_utils.update_bn`).
+        `images` under the current weights (`reestimate_statistics`)."""
 
-        Batches run eagerly in training mode with the momentum set per batch to
-        seen / (seen + batch), which makes the moving mean and variance the
-        size-weighted average of the batch statistics.
-        """
-        bns = [op for op in self.backbone.operations if _is_bn(op)]
-        saved = [(bn.momentum, bn.trainable) for bn in bns]
-        for bn in bns:
-            bn.trainable = True  # a non-trainable Keras BN ignores training=True
-            bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, dtype="float32"))
-            bn.moving_variance.assign(np.ones(bn.moving_variance.shape, dtype="float32"))
-        seen = 0
-        try:
-            for start in range(0, len(images), batch_size):
-                batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
-                for bn in bns:
-                    bn.momentum = seen / (seen + len(batch))
-                x = batch
-                for layer in self.preprocess:
-                    x = layer(x)
-                self.backbone(x, training=True)
-                seen += len(batch)
-        finally:
-            for bn, (momentum, trainable) in zip(bns, saved, strict=True):
-                bn.momentum, bn.trainable = momentum, trainable
+        def forward(batch: np.ndarray) -> None:
+            x = batch
+            for layer in self.preprocess:
+                x = layer(x)
+            self.backbone(x, training=True)
+
+        reestimate_statistics([op for op in self.backbone.operations if _is_bn(op)], forward,
+                              images, batch_size)
 
     # -- graphs ----------------------------------------------------------------------
 

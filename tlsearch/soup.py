@@ -73,29 +73,14 @@ def reestimate_batchnorm(model: Any, images: np.ndarray, batch_size: int = 64) -
     """Replace every BatchNorm layer's moving mean and variance by their size-weighted
     average over `images` under the model's current weights.
 
-    The whole model runs in training mode batch by batch with each BN momentum set to
-    seen / (seen + batch); nothing but BN statistics changes (no optimizer runs, and
-    dropout only perturbs what follows it, never the statistics before it).
+    The whole model runs in training mode batch by batch (`model.reestimate_statistics`);
+    nothing but BN statistics changes (no optimizer runs, and dropout only perturbs what
+    follows it, never the statistics before it).
     """
-    bns = batchnorm_layers(model)
-    if not bns or not len(images):
-        return
-    saved = [(bn.momentum, bn.trainable) for bn in bns]
-    for bn in bns:
-        bn.trainable = True  # a non-trainable Keras BN ignores training=True
-        bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, dtype="float32"))
-        bn.moving_variance.assign(np.ones(bn.moving_variance.shape, dtype="float32"))
-    seen = 0
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
-            for bn in bns:
-                bn.momentum = seen / (seen + len(batch))
-            model(batch, training=True)
-            seen += len(batch)
-    finally:
-        for bn, (momentum, trainable) in zip(bns, saved, strict=True):
-            bn.momentum, bn.trainable = momentum, trainable
+    from tlsearch.model import reestimate_statistics
+
+    reestimate_statistics(batchnorm_layers(model), lambda x: model(x, training=True), images,
+                          batch_size)
 
 
 def _same_shapes(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
