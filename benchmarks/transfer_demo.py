@@ -95,13 +95,15 @@ def _search(data: Path, out: Path, study: str, seed: int, trials: int, extra: li
             "blend": blend["members"] if blend else None,
             "floor_test": test[str(floor_probe)]["value"] if blend else None,
             "baselines": baselines, "n_test": summary["test"]["n_test"],
-            "probe_strategy": probe_strategy,
+            "probe_strategy": probe_strategy, "probe_trial": probe_trial,
             "ece": [calibration.get("ece_before"), calibration.get("ece_after")],
             "temperature": calibration.get("temperature")}
 
 
-def _probes(data: Path, study_dir: Path, strategy: dict) -> dict:
-    """Pixels and frozen-feature probes on the study's own split (train -> test)."""
+def _probes(data: Path, study_dir: Path, strategy: dict, trial: str | None = None) -> dict:
+    """Pixels and frozen-feature probes on the study's own split (train -> test); with
+    `trial` (the study's linear-probe baseline on that backbone), on how many test images
+    its saved model and scikit-learn's probe predict different classes."""
     import keras
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -130,8 +132,18 @@ def _probes(data: Path, study_dir: Path, strategy: dict) -> dict:
     backbone_model = build_backbone(get_spec(backbone), size, strategy["weights"])
     pooled = keras.Sequential([backbone_model, keras.layers.GlobalAveragePooling2D()])
     (xt, yt), (xs, ys) = arrays("train", size), arrays("test", size)
-    features = probe(pooled.predict(xt, verbose=0), yt, pooled.predict(xs, verbose=0), ys)
-    return {"pixels": pixels, "features": features}
+    ft, fs = pooled.predict(xt, verbose=0), pooled.predict(xs, verbose=0)
+    features = probe(ft, yt, fs, ys)
+    out = {"pixels": pixels, "features": features}
+    if trial is not None:
+        from tlsearch.export import load_model_safely
+
+        model = load_model_safely(study_dir / "trials" / f"{int(trial):04d}" / "model.keras")
+        ours = model.predict(xs, verbose=0).argmax(1)
+        theirs = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(
+            ft, yt).predict(fs)
+        out["probe_disagree"] = int((ours != theirs).sum())
+    return out
 
 
 def _fmt(value: float | None) -> str:
@@ -179,11 +191,11 @@ def main() -> None:
         s = real["strategy"]
         probes = _probes(data, out / f"imagenet-{seed}", s)
         p = real["probe_strategy"]
-        if p and (p["backbone"], p["image_size"]) != (s["backbone"], s["image_size"]):
-            probes["features_of_probe_backbone"] = _probes(
-                data, out / f"imagenet-{seed}", p)["features"]
-        else:
-            probes["features_of_probe_backbone"] = probes["features"]
+        probes["features_of_probe_backbone"] = probes["features"]
+        if p:
+            probed = _probes(data, out / f"imagenet-{seed}", p, real["probe_trial"])
+            probes["features_of_probe_backbone"] = probed["features"]
+            probes["probe_disagree"] = probed["probe_disagree"]
         t = real["alt_strategy"]
         probes["features_of_alt_backbone"] = (
             probes["features"] if (t["backbone"], t["image_size"]) == (s["backbone"],
@@ -238,8 +250,9 @@ def main() -> None:
               "recommendation's calibration on test (expected calibration error, 15 bins, "
               "before and after the temperature fitted on validation):", "",
               "| seed | probe backbone | linear-probe recipe | scikit-learn probe, same backbone "
-              "| difference (points) | ECE before | ECE after | T |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| difference (points) | test images the two predict differently "
+              "| ECE before | ECE after | T |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["real"]["probe_strategy"] or {}
         recipe = r["real"]["baselines"].get("linear_probe", float("nan"))
@@ -248,7 +261,8 @@ def main() -> None:
         lines.append(
             f"| {r['seed']} | {p.get('backbone')}@{p.get('image_size')} | {recipe:.3f} | "
             f"{r['features_of_probe_backbone']:.3f} | "
-            f"{100 * (recipe - r['features_of_probe_backbone']):+.1f} | {ece[0]:.3f} | "
+            f"{100 * (recipe - r['features_of_probe_backbone']):+.1f} | "
+            f"{r.get('probe_disagree', '—')} of {r['real']['n_test']} | {ece[0]:.3f} | "
             f"{ece[1]:.3f} | {'—' if t is None else f'{t:.2f}'} |")
     lines += ["", "Recommended strategies:", ""]
     for r in rows:
