@@ -1346,6 +1346,9 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         spec = spec_of(s)
         ci = None
         probs = loaded.probs.get(best["number"])
+        partner = loaded.probs.get(blend["members"][1]) if blend else None
+        if probs is not None and partner is not None and np.shape(partner) == np.shape(probs):
+            probs = (np.asarray(probs) + np.asarray(partner)) / 2  # the blend's interval
         ci_note = None
         if probs is not None and labels is not None and len(probs) == len(labels) and len(labels):
             if metric in METRIC_LABELS:
