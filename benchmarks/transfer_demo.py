@@ -15,6 +15,8 @@ demo (imbalanced, digits drawn onto real photographs):
 3. scikit-learn's StandardScaler + LogisticRegression on raw pixels (32 px, grey), and
    the same on the recommended backbone's frozen pooled ImageNet features (issue #24's
    floor), both fitted on the study's own train split and scored on its test split.
+   The floor is fitted twice, at scikit-learn's default tol (as a user writes it; L-BFGS
+   stops early there) and converged (tol 1e-6), and the higher of the two is the floor.
    The linear-probe recipe is also set beside the same scikit-learn probe on *its* own
    backbone (the top-ranked one the baselines run on): like with like (issue #24). The
    recommendation is the top validation score (`--select best`, the default); what the
@@ -44,6 +46,7 @@ import tlsearch  # noqa: F401  (native defaults)
 from benchmarks import write_results
 
 DATASETS = ("textures", "lfw_faces", "digits")
+CONVERGED_TOL = 1e-6
 
 
 def _search(data: Path, out: Path, study: str, seed: int, trials: int, extra: list[str]) -> dict:
@@ -121,8 +124,8 @@ def _probes(data: Path, study_dir: Path, strategy: dict, trial: str | None = Non
         return (np.stack([decode_image(data / p, px) for p, _ in rows]).astype("float32"),
                 np.array([y for _, y in rows]))
 
-    def probe(x_train, y_train, x_test, y_test):
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    def probe(x_train, y_train, x_test, y_test, tol=1e-4):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=20000, tol=tol))
         model.fit(x_train, y_train)
         return float(balanced_accuracy_score(y_test, model.predict(x_test)))
 
@@ -133,15 +136,20 @@ def _probes(data: Path, study_dir: Path, strategy: dict, trial: str | None = Non
     pooled = keras.Sequential([backbone_model, keras.layers.GlobalAveragePooling2D()])
     (xt, yt), (xs, ys) = arrays("train", size), arrays("test", size)
     ft, fs = pooled.predict(xt, verbose=0), pooled.predict(xs, verbose=0)
+    # scikit-learn's default tol (1e-4) stops L-BFGS early on these features (20 steps
+    # where 63 converge, measured on digits): the probe as a user writes it, and the same
+    # estimator solved to convergence. The floor is the higher of the two.
     features = probe(ft, yt, fs, ys)
-    out = {"pixels": pixels, "features": features}
+    converged = probe(ft, yt, fs, ys, tol=CONVERGED_TOL)
+    out = {"pixels": pixels, "features_default_tol": features,
+           "features_converged": converged, "features": max(features, converged)}
     if trial is not None:
         from tlsearch.export import load_model_safely
 
         model = load_model_safely(study_dir / "trials" / f"{int(trial):04d}" / "model.keras")
         ours = model.predict(xs, verbose=0).argmax(1)
-        theirs = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(
-            ft, yt).predict(fs)
+        theirs = make_pipeline(StandardScaler(), LogisticRegression(
+            max_iter=20000, tol=CONVERGED_TOL)).fit(ft, yt).predict(fs)
         out["probe_disagree"] = int((ours != theirs).sum())
     return out
 
@@ -219,7 +227,8 @@ def main() -> None:
         "score minus its test score:", "",
         f"| seed | recommendation ({'self-pretrained' if args.self_pretrained else 'ImageNet'})"
         " | val of it | optimism "
-        "| LR on its backbone's frozen features (the floor) "
+        "| LR on its backbone's frozen features (the floor: scikit-learn's default tol / "
+        "converged) "
         "| the top trial alone | the study's probe it is averaged with "
         "| `--select 1se` choice | LR on that one's backbone "
         "| keras.io recipe "
@@ -232,7 +241,8 @@ def main() -> None:
         rand = "not run" if r["rand"] is None else f"{r['rand']['test']:.3f}"
         lines.append(
             f"| {r['seed']} | **{r['real']['test']:.3f}** | {r['real']['val']:.3f} | "
-            f"{r['real']['val'] - r['real']['test']:+.3f} | {r['features']:.3f} | "
+            f"{r['real']['val'] - r['real']['test']:+.3f} | "
+            f"{_fmt(r.get('features_default_tol'))} / {_fmt(r.get('features_converged'))} | "
             f"{_fmt(r['real'].get('alone'))} | {_fmt(r['real'].get('floor_test'))}"
             f"{'' if not r['real'].get('blend') else ' (#' + str(r['real']['blend'][1]) + ')'}"
             f" | {_fmt(r['real']['alt_test'])}{_passed_over(r['real'])} | "
@@ -250,7 +260,9 @@ def main() -> None:
               "recommendation's calibration on test (expected calibration error, 15 bins, "
               "before and after the temperature fitted on validation):", "",
               "| seed | probe backbone | linear-probe recipe | scikit-learn probe, same backbone "
-              "| difference (points) | test images the two predict differently "
+              "(the higher of default tol and converged) "
+              "| difference (points) | test images it and the converged probe predict "
+              "differently "
               "| ECE before | ECE after | T |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
