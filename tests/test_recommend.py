@@ -264,3 +264,32 @@ def test_a_fine_tuned_recommendation_is_averaged_with_its_floor_on_test_and_in_e
     off = open_study(SearchConfig(**dict(handle.config.to_dict(), blend_floor=False,
                                          overrides=(), priors=())), create=False)
     assert score_holdout(off)["blend"] is None
+
+
+def test_a_head_only_solve_on_top_is_floor_checked_and_blended_with_the_exact_probe(tmp_path):
+    """C, class weights and SGD epochs chosen on validation can lose to the plain probe
+    on test: a head-only top gets the exact probe (not another solve) as its floor."""
+    from tests.test_study import TINY_SPACE
+    from tlsearch.recommend import floor_partner
+    from tlsearch.strategy import Strategy
+    from tlsearch.study import MODEL_FILE, SearchConfig, _enqueue_floor, open_study
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1))
+    handle = open_study(SearchConfig(data_dir=str(tmp_path), space=str(space), study="h",
+                                     out=str(tmp_path / "studies"), trials=6, weights="none"))
+    solve = Strategy(backbone="tiny_cnn", image_size=32, imbalance="focal").to_dict()
+    other = Strategy(backbone="tiny_cnn", image_size=32, head_epochs=2).to_dict()
+    _add(handle.study, 0.90, solve)
+    _add(handle.study, 0.85, other)
+    for number in (0, 1):
+        handle.trial_dir(number).mkdir(parents=True)
+        (handle.trial_dir(number) / MODEL_FILE).write_bytes(b"kept")
+    assert floor_partner(handle, 0) is None  # another solve is not its floor
+    _enqueue_floor(handle, lambda kind, info: None)
+    waiting = [t for t in handle.study.get_trials() if t.state.name == "WAITING"]
+    assert len(waiting) == 1 and waiting[0].user_attrs["strategy"]["head_init"] == "probe"
+    handle.study.tell(handle.study.ask().number, 0.80)
+    handle.trial_dir(2).mkdir(parents=True)
+    (handle.trial_dir(2) / MODEL_FILE).write_bytes(b"kept")
+    assert floor_partner(handle, 0) == 2 and floor_partner(handle, 2) is None

@@ -154,12 +154,15 @@ def recommend_trial(handle: object, rule: str | None = None) -> Selection | None
 
 def floor_partner(handle: object, chosen: int) -> int | None:
     """The kept linear probe on trial `chosen`'s backbone, size and weights, when
-    `chosen` trains more than one (it fine-tunes or has a hidden layer): the floor its
-    recommendation is averaged with (`SearchConfig.blend_floor`, `tlsearch.holdout`).
+    `chosen` is anything but that probe (it fine-tunes, has a hidden layer, or is a
+    head-only trial whose C, class weights, augmentation or SGD epochs were chosen on
+    validation): the floor its recommendation is averaged with
+    (`SearchConfig.blend_floor`, `tlsearch.holdout`).
 
     scikit-learn's exact probe (`head_init: probe`, the floor check and the linear_probe
-    baseline) comes first, then other head-only solves, best validation score first.
-    None when `chosen` is itself a probe or no such probe's model is kept.
+    baseline) comes first, then (for a trial that trains the backbone or a hidden layer)
+    other head-only solves, best validation score first. None when `chosen` is itself
+    the exact probe or no such probe's model is kept.
     """
     from optuna.trial import TrialState
 
@@ -172,11 +175,14 @@ def floor_partner(handle: object, chosen: int) -> int | None:
     if chosen not in complete:
         return None
     top = Strategy.from_dict(complete[chosen].user_attrs["strategy"])
-    if is_linear_probe(top):
+    if top.head_init == "probe":
         return None
+    linear = is_linear_probe(top)  # a head-only solve: only the exact probe is its floor
     probes = []
     for t in complete.values():
         s = Strategy.from_dict(t.user_attrs["strategy"])
+        if t.number == chosen or (linear and s.head_init != "probe"):
+            continue
         if (is_linear_probe(s) and (s.backbone, s.image_size, s.weights)
                 == (top.backbone, top.image_size, top.weights)
                 and (handle.trial_dir(t.number) / MODEL_FILE).is_file()):  # type: ignore[attr-defined]
