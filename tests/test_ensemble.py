@@ -141,5 +141,5 @@ def test_the_report_shows_what_was_exported_against_the_trial(tmp_path):
     assert 'id="exported"' not in before
     summary = export_trial(tmp_path / "studies" / "r", tmp_path / "x", ensemble=True)
     html = build_report(tmp_path / "studies" / "r", tmp_path / "b.html").read_text()
-    assert 'id="exported"' in html and "points against the trial alone" in html
+    assert 'id="exported"' in html and "points against the recommendation's test score" in html
     assert f"{100 * summary['exported_test']['value']:.1f}%" in html
