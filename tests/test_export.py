@@ -40,12 +40,15 @@ def test_single_image_predictions_equal_validation_predictions(searched):
     export = json.loads((tmp / "model" / "export.json").read_text())
     from tlsearch.calibration import calibrate
 
-    # The export is temperature-scaled: what validation saw, divided by the same T (each
-    # member's, then averaged, where the recommendation is blended with its floor probe).
+    # The export is temperature-scaled: what validation saw, divided by the same T (where
+    # the recommendation is blended with its floor probe: each member's by its own T,
+    # then by the common one, then averaged).
     members = export["ensemble"]["members"] if export["blend_floor"] else [export["trial"]]
-    recorded = np.mean([calibrate(np.asarray(json.loads(
+    own = export["member_temperatures"] or [1.0]
+    recorded = np.mean([calibrate(calibrate(np.asarray(json.loads(
         (tmp / "studies" / "e" / "trials" / f"{n:04d}" / "result.json").read_text())
-        ["val_probabilities"]), export["temperature"]) for n in members], axis=0)
+        ["val_probabilities"]), t), export["temperature"])
+        for n, t in zip(members, own, strict=True)], axis=0)
     split = json.loads((tmp / "studies" / "e" / "split.json").read_text())
     runner = CliRunner()
     for (path, _), expected in zip(split["val"], recorded, strict=True):

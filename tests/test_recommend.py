@@ -227,10 +227,26 @@ def test_a_fine_tuned_recommendation_is_averaged_with_its_floor_on_test_and_in_e
 
     handle, split = _blend_study(tmp_path)
     assert floor_partner(handle, 0) == 1 and floor_partner(handle, 1) is None
+    # An over-confident fine-tune: sure of every validation image, wrong about one, so
+    # its own temperature is well above 1 (the colour data alone is too easy to show it).
+    from tlsearch.calibration import calibrate
+    from tlsearch.holdout import member_temperatures
+
+    result_file = handle.trial_dir(0) / "result.json"
+    recorded = json.loads(result_file.read_text())
+    y_val = split.labels("val")
+    sure = np.full((len(y_val), 3), 0.005)
+    sure[np.arange(len(y_val)), y_val] = 0.99
+    sure[0] = np.roll(sure[0], 1)
+    result_file.write_text(json.dumps(dict(recorded, val_probabilities=sure.tolist())))
+    scales = member_temperatures(handle, (0, 1), split)
+    assert scales[0] > 1.5
     record = score_holdout(handle)
     blend = blend_of(record, 0)
     assert blend["members"] == [0, 1] and blend_of(record, 1) is None
-    # The headline is the mean of the two models' test probabilities, scored once.
+    assert blend["member_temperatures"] == pytest.approx(scales)
+    # The headline is the mean of the two models' test probabilities, each scaled by its
+    # own validation temperature, scored once.
     probs = []
     from tlsearch.data import decode_image
 
@@ -241,15 +257,16 @@ def test_a_fine_tuned_recommendation_is_averaged_with_its_floor_on_test_and_in_e
         probs.append(model.predict(x, verbose=0))
     from tlsearch.report.context import metric_value
 
-    mean = np.mean(probs, axis=0)
+    mean = np.mean([calibrate(p, t) for p, t in zip(probs, scales, strict=True)], axis=0)
     assert blend["value"] == pytest.approx(metric_value(
         "balanced_accuracy", split.labels("test"), mean.argmax(1), 3))
     assert score_holdout(handle)["blend"] == blend  # not scored again
     html = build_report(handle.dir, tmp_path / "r.html").read_text()
     assert 'id="blend"' in html and "averaged with the linear probe" in html
-    # The export follows the study: two members, probabilities their mean.
+    # The export follows the study: two members, probabilities their scaled mean.
     summary = export_trial(handle.dir, tmp_path / "out", calibrate=False, tta=False)
     assert summary["blend_floor"] and summary["ensemble"]["members"] == [0, 1]
+    assert summary["member_temperatures"] == pytest.approx(scales)
     exported = load_model_safely(tmp_path / "out" / "model.keras")
     np.testing.assert_allclose(exported.predict(x, verbose=0), mean, atol=1e-5)
     assert "floor blend" in (tmp_path / "out" / "MODEL_CARD.md").read_text()

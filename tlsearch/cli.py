@@ -383,8 +383,8 @@ def search(
         "--blend-floor/--no-blend-floor",
         help="When the recommended trial fine-tunes, recommend (score on test, export) the "
              "average of its probabilities and those of the linear probe on its own "
-             "backbone and size, so that a fine-tune that won on validation by luck "
-             "cannot sink below the probe.")] = True,
+             "backbone and size, each temperature-scaled on validation, so that a "
+             "fine-tune that won on validation by luck cannot sink below the probe.")] = True,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.study import SearchConfig

@@ -112,8 +112,9 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
             at the trial's image size (any backbone), each added only if validation
             improves.
         blend_floor: average the trial's probabilities with those of the kept linear
-            probe on its backbone and size (`tlsearch.recommend.floor_partner`), as the
-            study recommends when it fine-tunes; None follows the study's
+            probe on its backbone and size (`tlsearch.recommend.floor_partner`), each
+            scaled by its own validation temperature, as the study recommends when it
+            fine-tunes (`calibrate` then fits one more T for the average); None follows the study's
             `--blend-floor` setting (off with a soup, an ensemble or a retrain).
     Returns:
         A summary dict (paths, trial, metrics, TFLite agreement, and the exported
@@ -154,15 +155,23 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     from tlsearch.holdout import temperature_of
 
     val = _ValImages(strategy, split, config)
-    souped = ensembled = None
+    souped = ensembled = scales = None
     member_probs: list[np.ndarray] = []
     partner = _blend_partner(handle, chosen.number, blend_floor, retrain, soup, ensemble)
     if partner is not None:
+        from tlsearch.calibration import calibrate as scaled
+        from tlsearch.calibration import scale_head
         from tlsearch.ensemble import Ensemble, build_ensemble_model
+        from tlsearch.holdout import member_temperatures
         from tlsearch.train import compute_metrics
 
         other = load_model_safely(handle.trial_dir(partner) / STUDY_MODEL)
-        member_probs = [val.probabilities(model), val.probabilities(other)]
+        # The study's blend, exactly: each member scaled by its own validation T first.
+        scales = member_temperatures(handle, (chosen.number, partner), split)
+        member_probs = [scaled(val.probabilities(m), t)
+                        for m, t in zip((model, other), scales, strict=True)]
+        for member, t in zip((model, other), scales, strict=True):
+            scale_head(member, t)
         metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
 
         def val_score(probs: np.ndarray) -> float:
@@ -207,7 +216,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         "path": str(out), "temperature": temperature,
         "soup": souped.to_dict() if souped is not None else None,
         "ensemble": ensembled.to_dict() if ensembled is not None else None,
-        "blend_floor": partner is not None,
+        "blend_floor": partner is not None, "member_temperatures": scales,
         "tta": _choose_tta(model, val, handle) if tta and retrain == "none"
         else {"views": ["identity"], "val_plain": None, "val_tta": None, "candidates": []},
     }
@@ -470,7 +479,8 @@ def _ensemble_line(ensemble: dict[str, Any] | None, blend_floor: bool = False) -
     if ensemble is not None and blend_floor:
         members = ensemble["members"]
         return (f"- Ensemble: trial #{members[0]} averaged with the linear probe on its own "
-                f"backbone and size, trial #{members[1]} (the study's floor blend): "
+                f"backbone and size, trial #{members[1]} (the study's floor blend, each "
+                "member's probabilities scaled by its own validation temperature first): "
                 f"{ensemble['val_score']:.4f} on validation vs {ensemble['first_val_score']:.4f} "
                 "for the trial alone; the probe's forward pass is added per image; "
                 "`export --no-blend-floor` for the trial alone")

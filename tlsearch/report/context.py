@@ -1534,7 +1534,9 @@ def _blend_text(blend: dict[str, Any] | None, test_scores: dict[str, Any], trial
         (f"trial #{trial} alone", alone), (f"the probe #{partner} alone", floor))
         if value is not None)
     return (f"The recommendation is trial #{trial} averaged with the linear probe on its own "
-            f"backbone and size (trial #{partner}): the mean of the two models' probabilities. "
+            f"backbone and size (trial #{partner}): the mean of the two models' probabilities, "
+            "each first temperature-scaled on validation so that an over-confident "
+            "fine-tune cannot outvote the probe. "
             "Whether fine-tuning beats that probe is decided on a few dozen validation images, "
             "by less than their noise; the average keeps most of a real gain and does not "
             f"sink below the probe when the lead was luck. On test: {figures}. "
