@@ -174,6 +174,9 @@ def main() -> None:
                              "instead of the ImageNet backbones (implies --no-random)")
     parser.add_argument("--no-random", action="store_true",
                         help="skip the --weights none search")
+    parser.add_argument("--results", default=None,
+                        help="results file name under benchmarks/ (default: "
+                             "RESULTS-transfer[-DATASET][-self-pretrained].md)")
     args = parser.parse_args()
 
     tmp = args.workdir or Path(tempfile.mkdtemp(prefix="tlsearch-transfer-"))
@@ -217,7 +220,8 @@ def main() -> None:
         ["--dataset", args.dataset] if args.dataset != "textures" else []),
         "--seeds", *map(str, args.seeds), "--trials", str(args.trials),
         *(["--no-random"] if args.no_random else []),
-        *(["--self-pretrained"] if args.self_pretrained else [])])
+        *(["--self-pretrained"] if args.self_pretrained else []),
+        *(["--results", args.results] if args.results else [])])
     lines = [
         f"# Transfer on {args.dataset}: results", "",
         f"Command: `{command}` (2-core CPU, offline; {args.dataset}, "
@@ -285,8 +289,9 @@ def main() -> None:
                      f"augmentation {s['augmentation']}")
     lines += ["", "Raw records (as the script prints them):", "", "```",
               *(json.dumps(r, default=str) for r in rows), "```", ""]
-    name = ("RESULTS-transfer" + ("" if args.dataset == "textures" else f"-{args.dataset}")
-            + ("-self-pretrained" if args.self_pretrained else "") + ".md")
+    name = args.results or (
+        "RESULTS-transfer" + ("" if args.dataset == "textures" else f"-{args.dataset}")
+        + ("-self-pretrained" if args.self_pretrained else "") + ".md")
     print(f"wrote {write_results(name, lines)}")
 
 
