@@ -14,7 +14,10 @@ the export once, after every choice was made on validation) is collected:
 - **+T, TTA forced**: the views always used (computed from the `+T` model), to see
   what the validation gate costs or saves;
 - **soup+T(+TTA)**: greedy weight soup (`--soup`);
-- **ensemble+T(+TTA)**: greedy prediction ensemble (`--ensemble`).
+- **ensemble+T(+TTA)**: greedy prediction ensemble (`--ensemble`);
+- **default**: what plain `tlsearch export` writes: where the recommendation fine-tunes,
+  the floor blend (the trial and its linear probe, each scaled by its own validation
+  temperature, averaged), then +T+TTA; otherwise the same as +T+TTA.
 
 Figures: balanced accuracy and expected calibration error (15 bins) on test, CPU
 latency per image at batch 1 (every member and view included), and what the greedy
@@ -29,15 +32,18 @@ import json
 import tempfile
 from pathlib import Path
 
+from benchmarks import write_results
+
 #: (name, export keyword arguments); "forced" variants are computed, not exported.
 VARIANTS = (
-    ("trial", {"calibrate": False, "tta": False}),
-    ("+T", {"calibrate": True, "tta": False}),
-    ("+T+TTA", {"calibrate": True, "tta": True}),
+    ("trial", {"calibrate": False, "tta": False, "blend_floor": False}),
+    ("+T", {"calibrate": True, "tta": False, "blend_floor": False}),
+    ("+T+TTA", {"calibrate": True, "tta": True, "blend_floor": False}),
     ("soup+T", {"calibrate": True, "tta": False, "soup": True}),
     ("soup+T+TTA", {"calibrate": True, "tta": True, "soup": True}),
     ("ensemble+T", {"calibrate": True, "tta": False, "ensemble": True}),
     ("ensemble+T+TTA", {"calibrate": True, "tta": True, "ensemble": True}),
+    ("default", {}),
 )
 
 
@@ -79,7 +85,9 @@ def run(study_dir: Path, scratch: Path) -> dict:
         kept = []
         if summary.get("soup"):
             kept.append(f"soup of {len(summary['soup']['ingredients'])}")
-        if summary.get("ensemble"):
+        if summary.get("blend_floor"):
+            kept.append(f"floor blend with #{summary['ensemble']['members'][1]}")
+        elif summary.get("ensemble"):
             kept.append(f"ensemble of {len(summary['ensemble']['members'])}")
         if len(summary["tta"]["views"]) > 1:
             kept.append("views " + "+".join(summary["tta"]["views"]))
@@ -132,8 +140,7 @@ def main() -> None:
               "studies better / worse:", ""]
     lines += [f"- {n}: {mean[n]:+.2f}; {wins[n]} better, {losses[n]} worse" for n in names]
     lines += ["", "Raw records:", "", "```", *(json.dumps(r) for r in rows), "```", ""]
-    args.out.write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+    print(f"wrote {write_results(args.out, lines)}")
 
 
 if __name__ == "__main__":
