@@ -24,7 +24,10 @@ models (the same decoding as `tlsearch predict`), and scores each rule on test:
 
 Every rule decides from validation only; the test split only scores what was decided.
 The floor is the probe's test score; a rule "holds" in a run when its test score is at
-least the floor's. Writes benchmarks/RESULTS-floor-policy.md.
+least the floor's. For `blend-T` (the product's rule since session 10) each run also
+says how far a miss is from noise: the test images it and the probe disagree on (won /
+lost), the exact McNemar p-value of that split, and the paired bootstrap standard error
+of the difference on test. Writes benchmarks/RESULTS-floor-policy.md (or `--results`).
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ def _study_rows(study_dir: Path) -> dict | None:
     val_top, test_top = _val_probs(handle.trial_dir(top)), test_probs(top)
     if probe is None:  # the top trial is the exact probe: every rule recommends it
         value = score(y_test, test_top)
-        row.update(floor=value, **{r: value for r in RULES}, decided={})
+        row.update(floor=value, **{r: value for r in RULES}, decided={},
+                   noise={"won": 0, "lost": 0, "p": 1.0, "se": 0.0})
         return row
     val_probe, test_probe = _val_probs(handle.trial_dir(probe)), test_probs(probe)
     t_top, t_probe = fit_temperature(val_top, y_val), fit_temperature(val_probe, y_val)
@@ -137,10 +141,26 @@ def _study_rows(study_dir: Path) -> dict | None:
            "guard-top": score(y_test, test_top if guard_top else test_probe),
            "bbc": score(y_test, test_blend if bbc > 0 else test_probe),
            "bbc-T": score(y_test, test_blend_t if bbc_t > 0 else test_probe)},
+        noise=_noise(y_test, test_blend_t, test_probe, metric),
         decided={"lead_blend": lead_blend, "se_blend": se_blend, "lead_top": lead_top,
                  "se_top": se_top, "T": [t_top, t_probe], "bbc": bbc, "bbc_T": bbc_t,
                  "trials": len(val_all)})
     return row
+
+
+def _noise(labels: np.ndarray, probs: np.ndarray, floor: np.ndarray, metric: str) -> dict:
+    """How a rule's test result differs from the floor's, image by image: the images
+    only it gets right (won) or only the floor gets right (lost), the exact McNemar
+    p-value of that split, and the paired bootstrap SE of the metric's difference."""
+    from scipy.stats import binomtest
+
+    from tlsearch.recommend import paired_standard_error
+
+    right, base = probs.argmax(1) == labels, floor.argmax(1) == labels
+    won, lost = int((right & ~base).sum()), int((~right & base).sum())
+    p = binomtest(min(won, lost), won + lost, 0.5).pvalue if won + lost else 1.0
+    return {"won": won, "lost": lost, "p": float(p),
+            "se": paired_standard_error(labels, probs, floor, metric)}
 
 
 def _fmt(value: float) -> str:
@@ -150,6 +170,8 @@ def _fmt(value: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+", type=Path)
+    parser.add_argument("--results", default="RESULTS-floor-policy.md",
+                        help="results file name under benchmarks/")
     args = parser.parse_args()
     rows = []
     for workdir in args.workdirs:
@@ -158,9 +180,11 @@ def main() -> None:
             if row is not None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    command = " ".join(["python -m benchmarks.floor_policy", *map(str, args.workdirs),
+                        *(["--results", args.results]
+                          if args.results != "RESULTS-floor-policy.md" else [])])
     lines = ["# Recommendation rules over the transfer benchmark's studies: results", "",
-             "Command: `python -m benchmarks.floor_policy " + " ".join(
-                 str(w) for w in args.workdirs) + "`", "",
+             f"Command: `{command}`", "",
              "Balanced accuracy on each study's held-out test split; the floor is the exact "
              "probe on the top trial's backbone and size. Points against the floor in "
              "brackets.", "",
@@ -180,8 +204,22 @@ def main() -> None:
         + " |")
     lines.append("| **mean points vs floor** | | | | " + " | ".join(
         f"{100 * np.mean([r[x] - r['floor'] for r in rows]):+.2f}" for x in RULES) + " |")
+    lines += ["", "`blend-T` (the product's rule) against the floor on test, image by image: "
+              "test images only it gets right / only the probe gets right, the exact McNemar "
+              "p-value, the difference in points and its paired bootstrap standard error:", "",
+              "| study | won / lost | McNemar p | points vs floor | paired SE (points) |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        z = r["noise"]
+        lines.append(f"| {r['study']} | {z['won']} / {z['lost']} | {z['p']:.2f} | "
+                     f"{100 * (r['blend-T'] - r['floor']):+.1f} | {100 * z['se']:.1f} |")
+    within = sum(r["blend-T"] - r["floor"] >= -r["noise"]["se"] - 1e-12 for r in rows)
+    significant = sum(r["blend-T"] < r["floor"] - 1e-12 and r["noise"]["p"] < 0.05
+                      for r in rows)
+    lines += ["", f"blend-T is at least the floor minus one paired SE in {within} of "
+              f"{len(rows)} runs; below it with McNemar p < 0.05 in {significant}.", ""]
     lines += ["", "Raw records:", "", "```", *(json.dumps(r) for r in rows), "```"]
-    write_results("RESULTS-floor-policy.md", lines)
+    print(f"wrote {write_results(args.results, lines)}")
 
 
 if __name__ == "__main__":
