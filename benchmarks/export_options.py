@@ -13,7 +13,9 @@ the export once, after every choice was made on validation) is collected:
 - **+T+TTA**: and test-time views adopted if they win on validation (the default);
 - **+T, TTA forced**: the views always used (computed from the `+T` model), to see
   what the validation gate costs or saves;
-- **soup+T(+TTA)**: greedy weight soup (`--soup`);
+- **soup+T(+TTA)**: greedy weight soup (`--soup greedy`);
+- **uniform soup+T**: every kept model with the trial's architecture averaged
+  (`--soup uniform`, the paper's baseline recipe);
 - **ensemble+T(+TTA)**: greedy prediction ensemble (`--ensemble`);
 - **default**: what plain `tlsearch export` writes: where the recommendation fine-tunes,
   the floor blend (the trial and its linear probe, each scaled by its own validation
@@ -39,8 +41,9 @@ VARIANTS = (
     ("trial", {"calibrate": False, "tta": False, "blend_floor": False}),
     ("+T", {"calibrate": True, "tta": False, "blend_floor": False}),
     ("+T+TTA", {"calibrate": True, "tta": True, "blend_floor": False}),
-    ("soup+T", {"calibrate": True, "tta": False, "soup": True}),
-    ("soup+T+TTA", {"calibrate": True, "tta": True, "soup": True}),
+    ("soup+T", {"calibrate": True, "tta": False, "soup": "greedy"}),
+    ("soup+T+TTA", {"calibrate": True, "tta": True, "soup": "greedy"}),
+    ("uniform soup+T", {"calibrate": True, "tta": False, "soup": "uniform"}),
     ("ensemble+T", {"calibrate": True, "tta": False, "ensemble": True}),
     ("ensemble+T+TTA", {"calibrate": True, "tta": True, "ensemble": True}),
     ("default", {}),
@@ -84,7 +87,8 @@ def run(study_dir: Path, scratch: Path) -> dict:
         test = summary["exported_test"]
         kept = []
         if summary.get("soup"):
-            kept.append(f"soup of {len(summary['soup']['ingredients'])}")
+            kept.append(f"{summary['soup']['recipe']} soup of "
+                        f"{len(summary['soup']['ingredients'])}")
         if summary.get("blend_floor"):
             kept.append(f"floor blend with #{summary['ensemble']['members'][1]}")
         elif summary.get("ensemble"):

@@ -114,7 +114,7 @@ def test_export_ensemble_through_the_cli_is_scored_once_on_test(tmp_path):
             x.astype("f4"), training=False)) for n in chosen["members"]]
     np.testing.assert_allclose(exported, np.mean(members, 0), atol=1e-5)
     both = runner.invoke(app, ["export", "s", "--out", str(tmp_path / "b"), *studies,
-                               "--soup", "--ensemble"])
+                               "--soup", "greedy", "--ensemble"])
     assert both.exit_code == 2 and "choose one" in both.output
     retrained = runner.invoke(app, ["export", "s", "--out", str(tmp_path / "r"), *studies,
                                     "--ensemble", "--retrain", "train+val"])

@@ -30,6 +30,32 @@ def test_average_is_elementwise_and_keeps_integer_state():
     assert out[1].tolist() == [5]
 
 
+def test_uniform_soup_averages_every_same_shaped_candidate():
+    from tlsearch.cli import Soup
+    from tlsearch.soup import RECIPES, uniform_soup
+
+    assert [s.value for s in Soup] == ["none", *RECIPES]
+
+    class Other(_Linear):  # another architecture: never averaged in
+        def get_weights(self):
+            return [np.zeros(2, dtype=np.float32)]
+
+    models = {1: _Linear(0.0), 2: _Linear(2.0), 3: _Linear(10.0), 4: Other(0.0)}
+
+    def score(m):
+        return -abs(float(m.get_weights()[0][0]) - 1.0)
+
+    start = models[1]
+    soup = uniform_soup(start, [(1, 1, -1.0), (2, 2, -1.0), (3, 3, -9.0), (4, 4, 0.0)],
+                        score, lambda key: models[key])
+    assert soup.ingredients == (1, 2, 3) and soup.recipe == "uniform"
+    assert float(start.get_weights()[0][0]) == 4.0  # (0 + 2 + 10) / 3, even though it hurts
+    assert soup.val_score == -3.0 < soup.first_val_score == -1.0
+    alone = _Linear(0.0)
+    one = uniform_soup(alone, [(1, 1, -1.0)], score, lambda key: models[key])
+    assert one.ingredients == (1,) and one.val_score == one.first_val_score
+
+
 def test_greedy_soup_keeps_only_ingredients_that_help():
     models = {1: _Linear(0.0), 2: _Linear(2.0), 3: _Linear(10.0)}
 
@@ -66,13 +92,22 @@ def test_export_soup_through_the_cli(tmp_path):
     runner = CliRunner()
     studies = str(tmp_path / "studies")
     # plain: the trial alone (not averaged with a kept head-only trial on its backbone).
-    for name, extra in (("plain", ["--no-blend-floor"]), ("soup", ["--soup"])):
+    for name, extra in (("plain", ["--no-blend-floor"]), ("soup", ["--soup", "greedy"]),
+                        ("uniform", ["--soup", "uniform"])):
         done = runner.invoke(app, ["export", "s", "--out", str(tmp_path / name), "--studies",
                                    studies, "--no-calibrate", "--no-tta", *extra])
         assert done.exit_code == 0, done.output
     soup = json.loads((tmp_path / "soup" / "export.json").read_text())["soup"]
-    assert soup["val_score"] >= soup["first_val_score"]
+    assert soup["val_score"] >= soup["first_val_score"] and soup["recipe"] == "greedy"
     assert "Weights:" in (tmp_path / "soup" / "MODEL_CARD.md").read_text()
+    # The uniform soup averages every kept model with the architecture, chosen or not.
+    uniform = json.loads((tmp_path / "uniform" / "export.json").read_text())["soup"]
+    assert uniform["recipe"] == "uniform"
+    assert set(soup["ingredients"]) <= set(uniform["ingredients"])
+    assert "uniform soup" in (tmp_path / "uniform" / "MODEL_CARD.md").read_text()
+    bad = runner.invoke(app, ["export", "s", "--out", str(tmp_path / "bad"), "--studies",
+                              studies, "--soup", "average"])
+    assert bad.exit_code == 2 and "average" in bad.output
     x = np.stack([decode_image(p, 32) for p in sorted((data / "red").glob("*.png"))[:6]])
     plain = np.asarray(load_model_safely(tmp_path / "plain" / "model.keras")(
         x.astype("f4"), training=False))

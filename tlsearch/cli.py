@@ -571,6 +571,12 @@ class Retrain(str, Enum):
     train_val = "train+val"
 
 
+class Soup(str, Enum):  # none + tlsearch.soup.RECIPES (a test keeps them equal)
+    none = "none"
+    greedy = "greedy"
+    uniform = "uniform"
+
+
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
@@ -594,9 +600,9 @@ def export(
     tta: Annotated[bool, typer.Option(
         help="Adopt test-time augmentation (flip, zoom) if it beats one view on "
              "validation.")] = True,
-    soup: Annotated[bool, typer.Option(
-        help="Greedy weight soup of the kept models with the trial's architecture, each "
-             "added only if validation improves.")] = False,
+    soup: Annotated[Soup, typer.Option(
+        help="Weight soup of the kept models with the trial's architecture: greedy adds "
+             "each only if validation improves; uniform averages them all.")] = Soup.none,
     ensemble: Annotated[bool, typer.Option(
         help="Greedy prediction ensemble of the kept models at the trial's image size "
              "(any backbone), each added only if validation improves.")] = False,
@@ -613,7 +619,8 @@ def export(
     _quiet_libraries()
     with one_line_errors():
         summary = export_trial(studies / study, out, trial=trial, retrain=retrain.value,
-                               tflite=tflite, calibrate=calibrate, tta=tta, soup=soup,
+                               tflite=tflite, calibrate=calibrate, tta=tta,
+                               soup=None if soup is Soup.none else soup.value,
                                ensemble=ensemble, blend_floor=blend_floor)
     blended = (f" averaged with its floor probe #{summary['ensemble']['members'][1]}"
                if summary.get("blend_floor") else "")

@@ -92,7 +92,7 @@ def _pick_trial(handle: Any, trial: int | None) -> Any:
 def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
                  retrain: str = "none", tflite: bool = False,
                  calibrate: bool = True, tta: bool = True,
-                 soup: bool = False, ensemble: bool = False,
+                 soup: str | None = None, ensemble: bool = False,
                  blend_floor: bool | None = None) -> dict[str, Any]:
     """Write the recommended (or chosen) trial's model and its contract to `out`.
 
@@ -106,8 +106,9 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
             the temperature fitted on the trial's validation predictions.
         tta: adopt test-time augmentation (`tlsearch.tta`) if it beats a single view
             on validation (never after `train+val`, which trained on those images).
-        soup: greedy weight soup (`tlsearch.soup`) of the kept models with the trial's
-            architecture, each added only if validation improves.
+        soup: "greedy", a weight soup (`tlsearch.soup`) of the kept models with the
+            trial's architecture, each added only if validation improves; "uniform",
+            the mean of all of them; None, the trial's own weights.
         ensemble: greedy prediction ensemble (`tlsearch.ensemble`) of the kept models
             at the trial's image size (any backbone), each added only if validation
             improves.
@@ -127,6 +128,10 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
 
     if retrain not in ("none", "train+val"):
         raise ExportError(f"--retrain must be none or train+val, got {retrain!r}")
+    from tlsearch.soup import RECIPES
+
+    if soup is not None and soup not in RECIPES:
+        raise ExportError(f"--soup {soup!r}: expected one of {', '.join(RECIPES)}")
     if soup and ensemble:
         raise ExportError("--soup and --ensemble: choose one (a soup is one model, an "
                           "ensemble runs several)")
@@ -183,7 +188,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         model = build_ensemble_model([model, other], [f"trial_{chosen.number:04d}",
                                                       f"trial_{partner:04d}"])
     if soup:
-        souped = _soup(model, chosen, val, handle)
+        souped = _soup(model, chosen, val, handle, recipe=soup)
     if ensemble:
         model, ensembled, member_probs = _ensemble(model, chosen, val, handle)
     from tlsearch.calibration import fit_temperature
@@ -296,11 +301,13 @@ class _ValImages:
                           dtype=np.float64)
 
 
-def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any) -> Any:
-    """Greedy soup into `model`: the chosen trial first, then the other kept models."""
+def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any, *,
+          recipe: str = "greedy") -> Any:
+    """Greedy or uniform soup into `model`: the chosen trial first, then the other kept
+    models, best validation score first."""
     from optuna.trial import TrialState
 
-    from tlsearch.soup import greedy_soup
+    from tlsearch.soup import greedy_soup, uniform_soup
     from tlsearch.study import MODEL_FILE as STUDY_MODEL
     from tlsearch.train import compute_metrics
 
@@ -333,7 +340,8 @@ def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any) -> Any:
             if adapted & set(members):  # frozen statistics are shared: averaging keeps them
                 reestimate_batchnorm(m, train_x)
 
-    return greedy_soup(model, candidates, score, load_model_safely, refresh=refresh)
+    cook = greedy_soup if recipe == "greedy" else uniform_soup
+    return cook(model, candidates, score, load_model_safely, refresh=refresh)
 
 
 def _ensemble(model: Any, chosen: Any, val: _ValImages, handle: Any
@@ -467,6 +475,13 @@ def _export_tflite(out: Path, strategy: Any, split: Any, config: Any) -> dict[st
 def _soup_line(soup: dict[str, Any] | None) -> str:
     if soup is None:
         return "- Weights: the trial's own (no soup asked for)"
+    if soup.get("recipe") == "uniform" and len(soup["ingredients"]) == 1:
+        return ("- Weights: the trial's own; no other kept model shares its architecture, so "
+                "the uniform soup is the trial")
+    if soup.get("recipe") == "uniform":
+        return (f"- Weights: uniform soup (weight average, nothing selected) of trials "
+                f"{', '.join(f'#{n}' for n in soup['ingredients'])}: {soup['val_score']:.4f} "
+                f"on validation vs {soup['first_val_score']:.4f} for the trial alone")
     if len(soup["ingredients"]) == 1:
         return (f"- Weights: the trial's own; a greedy soup tried {len(soup['tried'])} other "
                 "kept model(s) and none improved validation")

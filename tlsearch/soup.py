@@ -4,9 +4,11 @@ Wortsman et al., ICML 2022 (*Model soups*): models fine-tuned from the same pret
 weights can be averaged weight by weight, and the average is often better than any one
 of them at the cost of a single model. The greedy recipe: order the candidates by
 validation score, start from the best, add each next one to the average only if the
-soup's validation score improves. Candidates are the study's trials that kept their
-final weights and whose model has exactly the recommended trial's architecture (same
-weight shapes: backbone, size, head); the held-out test split is never consulted.
+soup's validation score improves. The uniform recipe, the paper's simpler baseline,
+averages every candidate and selects nothing. Candidates are the study's trials that
+kept their final weights and whose model has exactly the recommended trial's
+architecture (same weight shapes: backbone, size, head); the held-out test split is
+never consulted.
 
 BatchNorm statistics are not weights to average: where an ingredient re-estimated them
 on its own weights (`bn_mode: adapt`), the soup's are re-estimated under the soup's
@@ -24,8 +26,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Soup", "average_weights", "batchnorm_layers", "greedy_soup",
-           "reestimate_batchnorm"]
+__all__ = ["RECIPES", "Soup", "average_weights", "batchnorm_layers", "greedy_soup",
+           "reestimate_batchnorm", "uniform_soup"]
+
+#: The soup recipes `tlsearch export --soup` offers.
+RECIPES = ("greedy", "uniform")
 
 
 @dataclass(frozen=True)
@@ -36,10 +41,11 @@ class Soup:
     val_score: float
     first_val_score: float
     tried: tuple[tuple[int, float], ...] = field(default=())  # (trial, soup score with it)
+    recipe: str = "greedy"
 
     def to_dict(self) -> dict[str, Any]:
         return {"ingredients": list(self.ingredients), "val_score": self.val_score,
-                "first_val_score": self.first_val_score,
+                "first_val_score": self.first_val_score, "recipe": self.recipe,
                 "tried": [list(t) for t in self.tried]}
 
 
@@ -127,3 +133,25 @@ def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
         refresh(model, tuple(numbers))
     return Soup(ingredients=tuple(numbers), val_score=best, first_val_score=first,
                 tried=tuple(tried))
+
+
+def uniform_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
+                 score: Callable[[Any], float], load: Callable[[Path], Any], *,
+                 refresh: Callable[[Any, tuple[int, ...]], None] | None = None) -> Soup:
+    """Uniform soup into `model`: the mean of every candidate with its architecture
+    (arguments as `greedy_soup`'s; `tried` lists each ingredient after the first with
+    the final soup's score, since nothing is chosen)."""
+    base = model.get_weights()
+    first = score(model)
+    kept, numbers = [base], [candidates[0][0]]
+    for number, path, _ in list(candidates)[1:]:
+        weights = load(path).get_weights()
+        if _same_shapes(base, weights):
+            kept.append(weights)
+            numbers.append(number)
+    model.set_weights(average_weights(kept))
+    if refresh is not None and len(kept) > 1:
+        refresh(model, tuple(numbers))
+    value = score(model) if len(kept) > 1 else first
+    return Soup(ingredients=tuple(numbers), val_score=value, first_val_score=first,
+                tried=tuple((n, value) for n in numbers[1:]), recipe="uniform")
