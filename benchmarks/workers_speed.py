@@ -2,11 +2,16 @@
 
 Run:  python -m benchmarks.workers_speed [--trials 12] [--workers 2]
 
-Same demo data, same space (MobileNetV3Small at 64 px with the bundled weights, head-only
-or one unfrozen block), same seed, pruning off so every trial runs its full budget. The
-frozen-prefix cache is warmed first by a separate study, so both runs measure training,
-not the one-off prefix pass. Wall time includes starting the worker processes: a user
-pays it too. Figures are from one run on one machine; see benchmarks/RESULTS-workers.md.
+Same demo data, same space (head-only or one unfrozen block of one backbone: the
+ImageNet EfficientNet-Lite0 at 96 px by default, or `--backbone mobilenet_v3_small`, the
+bundled self-pretrained one at 64 px), same seed, pruning off so every trial runs its
+full budget. The frozen-prefix cache is warmed first by a separate study, so both runs
+measure training, not the one-off prefix pass. Both go through `run_workers`, as
+`tlsearch search --workers N` does (one worker too), so both pay the same process
+start-up: wall time includes it, a user pays it too. Per run the script also prints the
+start-up (start to the first trial's start) and the busy share (the trials' summed
+durations over workers × wall): what is left is start-up, admission and bookkeeping
+between trials. Figures are from one run on one machine; see RESULTS-workers.md.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 SPACE = """\
 name: bench-workers
 backbones:
-  mobilenet_v3_small: [64]
+  {backbone}: [{size}]
 unfreeze_blocks: [0, 1]
 bn_mode: frozen
 head_lr: {low: 1.0e-3, high: 3.0e-2, log: true}
@@ -33,25 +38,46 @@ batch_size: 32
 augmentation: none
 imbalance: class_weight
 """
+#: backbone -> (image size, weights) the benchmark searches it at.
+BACKBONES = {"efficientnet_lite0": (96, "imagenet"), "mobilenet_v3_small": (64, "auto")}
+
+
+def _utilisation(study_dir: Path, t0_wall: float, workers: int, seconds: float
+                 ) -> tuple[float, float]:
+    """(seconds from start to the first trial's start, busy share of workers × wall)."""
+    import optuna
+
+    from tlsearch.study import load_config, open_study
+
+    handle = open_study(load_config(study_dir), create=False)
+    trials = [t for t in handle.study.get_trials(deepcopy=False)
+              if t.datetime_start is not None and t.datetime_complete is not None
+              and t.state == optuna.trial.TrialState.COMPLETE]
+    first = min(t.datetime_start.timestamp() for t in trials)
+    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    return first - t0_wall, busy / (workers * seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
     args = parser.parse_args()
+    size, weights = BACKBONES[args.backbone]
     os.environ.setdefault("TLSEARCH_OFFLINE", "1")
 
     from benchmarks import demo_with_space, write_results
     from tlsearch.study import SearchConfig, run_search
     from tlsearch.workers import run_workers
 
-    data, space = demo_with_space("tlsearch-bench-workers-", SPACE)
+    space_yaml = SPACE.replace("{backbone}", args.backbone).replace("{size}", str(size))
+    data, space = demo_with_space("tlsearch-bench-workers-", space_yaml)
     tmp = data.parent
 
     def config(study: str, trials: int) -> SearchConfig:
         return SearchConfig(data_dir=str(data), space=str(space), study=study,
-                            out=str(tmp / "studies"), trials=trials, weights="auto",
+                            out=str(tmp / "studies"), trials=trials, weights=weights,
                             cache_dir=str(tmp / "cache"), pruner="none", seed=0)
 
     run_search(config("warm", 4))  # fills the prefix cache for both cut points
@@ -67,36 +93,35 @@ def main() -> None:
     rows = []
     for workers in (1, args.workers):
         name = f"w{workers}"
-        t0 = time.perf_counter()
-        if workers == 1:
-            outcome = run_search(config(name, args.trials))
-        else:
-            outcome = run_workers(config(name, args.trials), workers)
+        t0, wall0 = time.perf_counter(), time.time()
+        outcome = run_workers(config(name, args.trials), workers)
         seconds = time.perf_counter() - t0
         done = outcome.counts.get("complete", 0)
         epochs = epochs_of(tmp / "studies" / name)
-        rows.append((workers, seconds, done, epochs))
+        startup, busy = _utilisation(tmp / "studies" / name, wall0, workers, seconds)
+        rows.append((workers, seconds, done, epochs, startup, busy))
         print(f"{workers} worker(s): {done} trials, {epochs} trial-epochs in {seconds:.0f}s = "
               f"{done * 3600 / seconds:.0f} trials/h, {epochs * 3600 / seconds:.0f} "
-              f"trial-epochs/h", flush=True)
+              f"trial-epochs/h; start-up {startup:.1f}s, busy {busy:.0%}", flush=True)
 
     base = rows[0][2] / rows[0][1]
     lines = [
         "# Parallel workers: trials per hour, 1 vs N workers on one study",
         "",
         f"Command: `python -m benchmarks.workers_speed --trials {args.trials} "
-        f"--workers {args.workers}`",
+        f"--workers {args.workers} --backbone {args.backbone}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python "
-        f"{platform.python_version()}; mobilenet_v3_small at 64 px, bundled weights, demo "
-        "data, pruning off, prefix cache warm.",
+        f"{platform.python_version()}; {args.backbone} at {size} px, {weights} weights, "
+        "demo data, pruning off, prefix cache warm; both runs through `run_workers`.",
         "",
-        "| workers | trials | trial-epochs | wall s | trials/h | trial-epochs/h | vs 1 worker |",
-        "|---|---|---|---|---|---|---|",
+        "| workers | trials | trial-epochs | wall s | trials/h | trial-epochs/h | vs 1 worker "
+        "| start-up s | busy share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for workers, seconds, done, epochs in rows:
+    for workers, seconds, done, epochs, startup, busy in rows:
         lines.append(f"| {workers} | {done} | {epochs} | {seconds:.0f} | "
                      f"{done * 3600 / seconds:.0f} | {epochs * 3600 / seconds:.0f} | "
-                     f"{(done / seconds) / base:.2f}x |")
+                     f"{(done / seconds) / base:.2f}x | {startup:.1f} | {busy:.0%} |")
     out = write_results("RESULTS-workers.md", lines)
     print(f"wrote {out}")
 
