@@ -8,9 +8,10 @@ MARKER = "<!-- figures -->"
 
 
 def write_results(name: str | Path, lines: list[str]) -> Path:
-    """Replace the figures of `benchmarks/<name>` (or of the file at a given `Path`)
+    """Replace the figures of `benchmarks/<name>` (or of the file at a given path)
     below the marker, keeping the hand-written verdict above it."""
-    out = name if isinstance(name, Path) else Path(__file__).with_name(name)
+    out = (Path(name) if isinstance(name, Path) or "/" in name
+           else Path(__file__).with_name(name))
     existing = out.read_text() if out.exists() else ""
     head = existing.split(MARKER)[0] if MARKER in existing else ""
     out.write_text(head + MARKER + "\n" + "\n".join(lines) + "\n")
