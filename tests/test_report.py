@@ -213,8 +213,9 @@ def test_keras_snippet_compiles_for_every_remedy():
 
 @pytest.mark.parametrize("extra", [dict(imbalance="class_weight"),
                                    dict(head_init="random", head_hidden_units=8,
-                                        bn_mode="adapt")],
-                         ids=["solve", "random-hidden-adapt"])
+                                        bn_mode="adapt"),
+                                   dict(bn_mode="adapt", finetune_epochs=3, epoch_soup=3)],
+                         ids=["solve", "random-hidden-adapt", "epoch-soup-adapt"])
 def test_keras_snippet_runs_and_starts_from_the_solve(tmp_path, extra):
     """The generated script is real code: it trains, solves the head, saves a model."""
     import subprocess
@@ -225,8 +226,8 @@ def test_keras_snippet_runs_and_starts_from_the_solve(tmp_path, extra):
     from tlsearch.strategy import Strategy
 
     data = write_colour_dataset(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})
-    s = Strategy("tiny_cnn", 32, weights="none", unfreeze_blocks=1, head_epochs=1,
-                 finetune_epochs=1, batch_size=8, **extra)
+    s = Strategy("tiny_cnn", 32, **{"weights": "none", "unfreeze_blocks": 1, "head_epochs": 1,
+                                    "finetune_epochs": 1, "batch_size": 8, **extra})
     code = keras_snippet(s.to_dict(), get_spec("tiny_cnn"), data_dir=str(data),
                          val_fraction=0.25)
     script = tmp_path / "recipe.py"
@@ -238,6 +239,8 @@ def test_keras_snippet_runs_and_starts_from_the_solve(tmp_path, extra):
     assert ("LogisticRegression" in code) == (s.head_init == "solve")
     assert "best validation balanced accuracy" in out.stdout
     assert ("reestimate_batchnorm()" in code) == (s.bn_mode == "adapt")
+    assert ("Greedy soup of the last phase's last 3 epochs" in code) == (s.epoch_soup == 3)
+    assert ("epoch soup of" in out.stdout) == (s.epoch_soup == 3)
 
 
 def test_the_weights_line_names_where_imagenet_weights_came_from():

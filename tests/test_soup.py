@@ -159,3 +159,16 @@ def test_a_soup_refreshes_statistics_only_where_an_ingredient_adapted_them():
     soup = greedy_soup(start, [(1, 1, 0.0), (2, 2, 0.0)], lambda m: float(m.w[0][0]),
                        lambda key: models[key], refresh=lambda m, n: seen.append(n))
     assert soup.ingredients == (1, 2) and seen == [(1, 2), (1, 2)]  # scored, then final
+
+
+def test_greedy_average_adds_only_what_raises_the_score():
+    from tlsearch.soup import greedy_average
+
+    def score(weights, ids):  # closer to 1.0 is better
+        return -abs(float(weights[0][0]) - 1.0)
+
+    first = (0, [np.array([0.0])], score([np.array([0.0])], (0,)))
+    ids, average, best, tried = greedy_average(
+        first, [(1, [np.array([2.0])]), (2, [np.array([-4.0])]), (3, [np.array([1.0])])], score)
+    assert ids == (0, 1) and average[0][0] == 1.0 and best == 0.0
+    assert [n for n, _ in tried] == [1, 2, 3]

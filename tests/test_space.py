@@ -370,3 +370,13 @@ def test_fixed_trial_and_space_are_frozen(tmp_path):
         }
     )
     assert space.sample(trial).head_dropout == pytest.approx(0.3)
+
+
+def test_a_key_added_later_leaves_older_fingerprints_alone():
+    """`epoch_soup` came after studies existed: at its default the fingerprint is the one
+    those studies saved (pinned: default.yaml's before the key), so they still resume."""
+    from tlsearch.space import load_space
+
+    assert load_space("default").fingerprint() == "3f254c441a2bdb55"
+    assert load_space("default", overrides=["epoch_soup=0"]).fingerprint() == "3f254c441a2bdb55"
+    assert load_space("default", overrides=["epoch_soup=3"]).fingerprint() != "3f254c441a2bdb55"

@@ -283,3 +283,84 @@ def test_adapt_statistics_describe_the_final_weights(trial_data):
     probs = np.asarray(result.model.predict(trial_data.images("val", 32).astype(np.float32),
                                             verbose=0))
     assert np.abs(probs - result.val_probabilities).max() < 1e-4
+
+
+def test_epoch_soup_is_chosen_on_validation_and_is_what_the_model_predicts(trial_data):
+    """The trial's epoch soup (issue #22) starts from its best last-phase epoch, never
+    scores below the trial without it on validation, and its recorded predictions are
+    the model's; a soup of one epoch is the trial itself."""
+    strategy = _strategy(finetune_epochs=4, head_lr=1e-1, backbone_lr=3e-2, schedule="constant")
+    plain = run_trial(strategy, trial_data)
+    one = run_trial(strategy.replace(epoch_soup=1), trial_data)
+    assert "epoch_soup" not in one.extra
+    assert all(np.array_equal(a, b) for a, b in
+               zip(plain.model.get_weights(), one.model.get_weights(), strict=True))
+    souped = run_trial(strategy.replace(epoch_soup=3), trial_data)
+    record = souped.extra["epoch_soup"]
+    last_phase = [h for h in plain.history if h["phase"] == "finetune"][-3:]
+    assert record["recipe"] == "epochs" and set(record["ingredients"]) <= {
+        h["step"] for h in last_phase}
+    best_last = max(last_phase, key=lambda h: h["val_objective"])
+    assert record["ingredients"][0] == best_last["step"]
+    assert record["first_val_score"] == pytest.approx(best_last["val_objective"])
+    assert record["best_epoch_score"] == pytest.approx(plain.objective)
+    assert souped.objective >= plain.objective - 1e-9
+    assert record["adopted"] == (souped.objective > plain.objective)
+    if record["adopted"]:
+        assert souped.objective == pytest.approx(record["val_score"])
+        assert souped.metrics["best_step"] == max(record["ingredients"])
+    probs = np.asarray(souped.model.predict(trial_data.images("val", 32).astype(np.float32),
+                                            verbose=0))
+    assert np.abs(probs - souped.val_probabilities).max() < 1e-4
+
+
+def test_a_replay_averages_the_recorded_epoch_soup(trial_data):
+    """A retrain repeats the soup's steps with nothing chosen: its weights are the mean
+    of the replay's own weights at those steps."""
+    import dataclasses
+
+    from tlsearch.soup import average_weights
+    from tlsearch.train import Replay
+
+    strategy = _strategy(finetune_epochs=2, epoch_soup=2)
+    replay = Replay(steps=3, lr_factors=(1.0, 1.0, 1.0, 1.0), head_C=1.0)
+    at = {n: run_trial(strategy, trial_data, replay=dataclasses.replace(replay, steps=n))
+          for n in (2, 3)}
+    souped = run_trial(strategy, trial_data, replay=dataclasses.replace(replay, soup_steps=(2, 3)))
+    expected = average_weights([at[2].model.get_weights(), at[3].model.get_weights()])
+    for got, want in zip(souped.model.get_weights(), expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    record = {"strategy": strategy.to_dict(), "metrics": {"best_step": 3},
+              "history": [{"lr_head": strategy.head_lr}] * 4,
+              "extra": {"head_solve": {"C": 1.0},
+                        "epoch_soup": {"ingredients": [3, 2], "adopted": True}}}
+    assert Replay.of(record).soup_steps == (3, 2)
+    record["extra"]["epoch_soup"]["adopted"] = False
+    assert Replay.of(record).soup_steps == ()
+
+
+def test_an_adopted_epoch_soup_is_the_trials_model(trial_data, monkeypatch):
+    """Where the soup wins on validation (forced here: the colour data saturate), the
+    trial ends with the averaged weights, records their steps, and a retrain replays
+    up to the last of them."""
+    import tlsearch.soup
+    from tlsearch.train import Replay
+
+    real = tlsearch.soup.greedy_average
+
+    def always_better(first, candidates, score):
+        return real(first, candidates, lambda w, ids: score(w, ids) + 1.0)
+
+    monkeypatch.setattr(tlsearch.soup, "greedy_average", always_better)
+    strategy = _strategy(finetune_epochs=3, epoch_soup=2)
+    plain = run_trial(strategy.replace(epoch_soup=0), trial_data)
+    souped = run_trial(strategy, trial_data)
+    record = souped.extra["epoch_soup"]
+    assert record["adopted"] and sorted(record["ingredients"]) == [4, 5]
+    assert souped.metrics["best_step"] == 5
+    assert not all(np.array_equal(a, b) for a, b in
+                   zip(plain.model.get_weights(), souped.model.get_weights(), strict=True))
+    probs = np.asarray(souped.model.predict(trial_data.images("val", 32).astype(np.float32),
+                                            verbose=0))
+    assert np.abs(probs - souped.val_probabilities).max() < 1e-4
+    assert Replay.of(souped.to_dict()).soup_steps == tuple(record["ingredients"])

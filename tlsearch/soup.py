@@ -19,15 +19,15 @@ or affine-only BatchNorm keeps the pretrained statistics every ingredient shares
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RECIPES", "Soup", "average_weights", "batchnorm_layers", "greedy_soup",
-           "reestimate_batchnorm", "uniform_soup"]
+__all__ = ["RECIPES", "Soup", "average_weights", "batchnorm_layers", "greedy_average",
+           "greedy_soup", "reestimate_batchnorm", "uniform_soup"]
 
 #: The soup recipes `tlsearch export --soup` offers.
 RECIPES = ("greedy", "uniform")
@@ -35,7 +35,8 @@ RECIPES = ("greedy", "uniform")
 
 @dataclass(frozen=True)
 class Soup:
-    """The ingredients kept (trial numbers, best first) and the validation scores."""
+    """The ingredients kept (trial numbers, best first; for the `epochs` recipe, one
+    trial's epoch steps) and the validation scores."""
 
     ingredients: tuple[int, ...]
     val_score: float
@@ -94,6 +95,31 @@ def _same_shapes(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
                                     for x, y in zip(a, b, strict=True))
 
 
+Weights = list[np.ndarray]
+
+
+def greedy_average(first: tuple[int, Weights, float],
+                   candidates: Iterable[tuple[int, Weights]],
+                   score: Callable[[Weights, tuple[int, ...]], float]
+                   ) -> tuple[tuple[int, ...], Weights, float, tuple[tuple[int, float], ...]]:
+    """The greedy recipe on weight lists, for both soups (of trials and of one trial's
+    epochs): start from `first` (id, weights, validation score), add each candidate
+    (id, weights) to the average only if `score(average, ids)` beats the best so far.
+
+    Returns (ids kept, their average, its score, (id, score with it) per candidate).
+    """
+    first_id, first_weights, best = first
+    kept, ids, tried = [first_weights], [first_id], []
+    for cid, weights in candidates:
+        value = score(average_weights([*kept, weights]), (*ids, cid))
+        tried.append((cid, value))
+        if value > best:
+            kept.append(weights)
+            ids.append(cid)
+            best = value
+    return tuple(ids), average_weights(kept), best, tuple(tried)
+
+
 def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
                 score: Callable[[Any], float], load: Callable[[Path], Any], *,
                 refresh: Callable[[Any, tuple[int, ...]], None] | None = None) -> Soup:
@@ -111,28 +137,25 @@ def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
     """
     ordered = list(candidates)
     base = model.get_weights()
-    kept = [base]
-    numbers = [ordered[0][0]]
-    best = first = score(model)
-    tried = []
-    for number, path, _ in ordered[1:]:
-        weights = load(path).get_weights()
-        if not _same_shapes(base, weights):
-            continue  # another architecture cannot be averaged in
-        model.set_weights(average_weights([*kept, weights]))
+    first = score(model)
+
+    def loaded() -> Iterator[tuple[int, list[np.ndarray]]]:
+        for number, path, _ in ordered[1:]:
+            weights = load(path).get_weights()
+            if _same_shapes(base, weights):  # another architecture cannot be averaged in
+                yield number, weights
+
+    def scored(weights: list[np.ndarray], members: tuple[int, ...]) -> float:
+        model.set_weights(weights)
         if refresh is not None:
-            refresh(model, (*numbers, number))
-        value = score(model)
-        tried.append((number, value))
-        if value > best:
-            kept.append(weights)
-            numbers.append(number)
-            best = value
-    model.set_weights(average_weights(kept))
-    if refresh is not None and len(kept) > 1:
-        refresh(model, tuple(numbers))
-    return Soup(ingredients=tuple(numbers), val_score=best, first_val_score=first,
-                tried=tuple(tried))
+            refresh(model, members)
+        return score(model)
+
+    numbers, soup, best, tried = greedy_average((ordered[0][0], base, first), loaded(), scored)
+    model.set_weights(soup)
+    if refresh is not None and len(numbers) > 1:
+        refresh(model, numbers)
+    return Soup(ingredients=numbers, val_score=best, first_val_score=first, tried=tried)
 
 
 def uniform_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],

@@ -243,9 +243,18 @@ _DOMAINS: Mapping[str, _Domain] = MappingProxyType(
         "warmup_epochs": _Domain(int, minimum=0),
         "early_stopping_patience": _Domain(int, minimum=0),
         "head_init": _Domain(str, choices=HEAD_INITS),
+        "epoch_soup": _Domain(int, minimum=0),
     }
 )
 _STRATEGY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Strategy)}
+#: Keys added after studies were first written: left out of the fingerprint while fixed
+#: at their default, so a study created before them still opens (and resumes).
+_ADDED_LATER = ("epoch_soup",)
+
+
+def _added_later_at_default(name: str, param: Any) -> bool:
+    return (name in _ADDED_LATER and isinstance(param, Fixed)
+            and param.value == _STRATEGY_DEFAULTS[name])
 # What a trial that does not fine-tune records for the parameters it did not sample.
 _INACTIVE = {"gradual": False, "bn_mode": "frozen", "finetune_epochs": 0}
 
@@ -380,7 +389,8 @@ class SearchSpace:
 
     def fingerprint(self) -> str:
         """A stable hash of what the space samples (name and description excluded)."""
-        data = {k: v for k, v in self.to_dict().items() if k not in ("name", "description")}
+        data = {k: v for k, v in self.to_dict().items() if k not in ("name", "description")
+                and not _added_later_at_default(k, self.params.get(k))}
         # Order matters: Optuna refuses a categorical whose choices are reordered.
         data["backbones"] = [[name, list(sizes)] for name, sizes in self.backbones]
         blob = json.dumps({"format": 1, **data}, sort_keys=True, separators=(",", ":"))

@@ -78,6 +78,8 @@ class Strategy:
     early_stopping_patience: int = 0
     seed: int = 0
     head_init: str = "solve"
+    #: Greedy soup of the last phase's last k epochs (0 or 1: the best epoch alone).
+    epoch_soup: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("bn_mode", self.bn_mode, BN_MODES)
@@ -99,7 +101,8 @@ class Strategy:
             raise StrategyError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise StrategyError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("head_hidden_units", "warmup_epochs", "early_stopping_patience"):
+        for name in ("head_hidden_units", "warmup_epochs", "early_stopping_patience",
+                     "epoch_soup"):
             if getattr(self, name) < 0:
                 raise StrategyError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.head_epochs < 1:
@@ -166,6 +169,8 @@ class Strategy:
             f"{' from a converged linear solve' if self.head_init == 'solve' else ''}, {tune}; "
             f"BatchNorm {self.bn_mode}, augmentation {self.augmentation}, "
             f"imbalance remedy {self.imbalance}, batch {self.batch_size}"
+            + (f"; weights: greedy soup of the last {self.epoch_soup} epochs"
+               if self.epoch_soup > 1 else "")
         )
 
 

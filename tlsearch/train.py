@@ -21,6 +21,7 @@ import math
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,16 +118,20 @@ class TrialData:
 class Replay:
     """A finished trial's schedule, trained again with nothing selected (`--retrain`).
 
-    The trial chose its epoch count (best epoch) and the head solve's C on validation;
-    a retrain on train + validation repeats those choices instead of making them again
-    on images it now trains on: `steps` epochs with the trial's per-epoch learning-rate
-    multipliers (cosine, warm-up, plateau decay as they happened), its `head_C`, and
-    the final weights kept.
+    The trial chose its epoch count (best epoch), the head solve's C and its epoch soup
+    on validation; a retrain on train + validation repeats those choices instead of
+    making them again on images it now trains on: `steps` epochs with the trial's
+    per-epoch learning-rate multipliers (cosine, warm-up, plateau decay as they
+    happened), its `head_C`, and the final weights kept (or the average of its weights
+    at `soup_steps`).
     """
 
     steps: int
     lr_factors: tuple[float, ...]
     head_C: float | None  # None: the head started from Keras's initialisation
+    #: The epochs whose weights the trial's epoch soup averaged (empty: none); the replay
+    #: averages its own weights at the same steps, choosing nothing.
+    soup_steps: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, result: dict[str, Any]) -> Replay:
@@ -138,8 +143,11 @@ class Replay:
         if strategy.head_init != "random" and not solve:
             raise ValueError("the trial's head solve was not recorded (a study from before "
                              "tlsearch 0.5): its C cannot be repeated")
+        soup = result.get("extra", {}).get("epoch_soup") or {}
         return cls(steps=steps, lr_factors=factors,
-                   head_C=float(solve["C"]) if solve else None)
+                   head_C=float(solve["C"]) if solve else None,
+                   soup_steps=tuple(int(n) for n in soup.get("ingredients", ()))
+                   if soup.get("adopted") else ())
 
 
 @dataclass(frozen=True)
@@ -423,6 +431,10 @@ class _Engine:
         self.plateau_factor = 1.0
         self.head_solve: dict[str, Any] | None = None
         self._eval_fns: dict[str, Any] = {}
+        # The last phase's last `epoch_soup` epochs (score, step, weights), for the soup.
+        self.snapshots: deque[tuple[float, int, list[np.ndarray]]] = deque(
+            maxlen=strategy.epoch_soup or None)
+        self.final_mode: str | None = None
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -619,7 +631,10 @@ class _Engine:
                     self.tm.reestimate_batchnorm(self.train_images)
                     self.timings["bn_reestimate"] = (self.timings.get("bn_reestimate", 0.0)
                                                      + time.perf_counter() - t0)
+                final_phase = phase_index == len(phases) - 1
                 if self.replay is not None:  # nothing to select, so nothing to evaluate
+                    if global_step in self.replay.soup_steps:
+                        self.snapshots.append((math.nan, global_step, self._mutable_values()))
                     self.history.append({
                         "step": global_step, "phase": phase.name, "phase_index": phase_index,
                         "epoch": epoch, "unfrozen_blocks": phase.blocks,
@@ -644,6 +659,9 @@ class _Engine:
                 })
                 if self.best is None or value > self.best[0]:
                     self.best = (value, global_step, self._mutable_values())
+                if s.epoch_soup > 1 and final_phase:
+                    self.snapshots.append((value, global_step, self._mutable_values()))
+                    self.final_mode = mode
                 if value > phase_best:
                     phase_best, patience_left = value, s.early_stopping_patience
                 else:
@@ -661,11 +679,20 @@ class _Engine:
         return self._finish(resumed_from)
 
     def _finish(self, resumed_from: int) -> TrialResult:
+        extra: dict[str, Any] = {"head_solve": self.head_solve} if self.head_solve else {}
         if self.replay is None:
             assert self.best is not None
-            # The trial ends with its best epoch's weights, so the recorded validation
-            # predictions are exactly what an exported model will predict.
+            if len(self.snapshots) > 1:
+                extra["epoch_soup"] = self._epoch_soup()
+            # The trial ends with its best epoch's weights (or its epoch soup's), so the
+            # recorded validation predictions are exactly what an exported model predicts.
             self._assign_mutable(self.best[2])
+        elif self.snapshots:  # the trial's epoch soup, averaged at the same steps
+            from tlsearch.soup import average_weights
+
+            self._assign_mutable(average_weights([w for _, _, w in self.snapshots]))
+            if self.strategy.bn_mode == "adapt":
+                self.tm.reestimate_batchnorm(self.train_images)
         # Final validation predictions are what `predict` will give: the deployable
         # model on decoded images, or (same graph, same numbers) its trained part on the
         # float32 cached prefix activations of those images, without the prefix pass.
@@ -688,8 +715,39 @@ class _Engine:
                                                                             self.strategy),
             cached=self.cached, cache=dict(self.cache_counts), val_probabilities=probs,
             resumed_from_step=resumed_from, notes=tuple(self.notes), model=deploy,
-            extra={"head_solve": self.head_solve} if self.head_solve else {},
+            extra=extra,
         )
+
+    def _epoch_soup(self) -> dict[str, Any]:
+        """Greedy soup of the last phase's last epochs (Wortsman et al.'s recipe on one
+        trajectory, as in SWA): best epoch first, each other added only if the average
+        scores higher on validation; the trial keeps it only if it beats its best epoch
+        (which may be an earlier phase's). BatchNorm statistics under `adapt` are
+        re-estimated for each average, as every epoch's were."""
+        from tlsearch.soup import Soup, greedy_average
+
+        def score(weights: list[np.ndarray], _: tuple[int, ...]) -> float:
+            self._assign_mutable(weights)
+            if self.strategy.bn_mode == "adapt":
+                self.tm.reestimate_batchnorm(self.train_images)
+            probs = self.predict_val(self.final_mode)
+            return float(compute_metrics(self.y_val, probs, self.data.classes)[self.metric])
+
+        ordered = sorted(self.snapshots, key=lambda snap: (-snap[0], snap[1]))
+        (first_value, first_step, first_weights), rest = ordered[0], ordered[1:]
+        steps, weights, value, tried = greedy_average(
+            (first_step, first_weights, first_value), ((n, w) for _, n, w in rest), score)
+        before = self.best[0]
+        adopted = len(steps) > 1 and value > before
+        if adopted:
+            self._assign_mutable(weights)
+            if self.strategy.bn_mode == "adapt":
+                self.tm.reestimate_batchnorm(self.train_images)
+            # The last step averaged in is the epoch count a retrain must reach.
+            self.best = (value, max(steps), self._mutable_values())
+        soup = Soup(ingredients=steps, val_score=value, first_val_score=first_value,
+                    tried=tried, recipe="epochs")
+        return {**soup.to_dict(), "adopted": adopted, "best_epoch_score": before}
 
     # -- checkpoints --------------------------------------------------------------------
 

@@ -428,8 +428,11 @@ def _recipe_rows(s: dict[str, Any], spec: Any, params_total: Any) -> list[dict[s
         epochs = "none: the solve at C = 1 is the model"
     elif s.get("early_stopping_patience"):
         epochs += f", early stopping after {s['early_stopping_patience']} epochs without gain"
-    rows.append({"label": "Epochs", "value": epochs,
-                 "detail": "the weights of the best validation epoch are kept"})
+    keep = "the weights of the best validation epoch are kept"
+    if (s.get("epoch_soup") or 0) > 1:
+        keep += (f", or the greedy soup of the last phase's last {s['epoch_soup']} epochs "
+                 "where it scores higher on validation")
+    rows.append({"label": "Epochs", "value": epochs, "detail": keep})
     head = "global average pooling"
     if s.get("head_dropout"):
         head += f" → dropout {s['head_dropout']:.2g}"
@@ -769,7 +772,38 @@ def epoch_data():
     start_best = ""
     if s.get("head_init", "solve") != "random" and not s.get("head_hidden_units"):
         start_best = ("best_score = balanced_accuracy()  # the solve: SGD must beat it\n"
-                      "best_weights = [w.numpy() for w in base.weights + head.weights]\n")
+                      "best_weights = [w.numpy() for w in variables]\n")
+    k = int(s.get("epoch_soup") or 0)
+    keep_snapshot = soup_code = ""
+    if k > 1:  # the engine's epoch soup (tlsearch.train._Engine._epoch_soup)
+        keep_snapshot = (
+            "        if phase_index == len(PHASES) - 1:  # the last phase's epochs, for the soup\n"
+            "            snapshots = (snapshots + [(score, [w.numpy() for w in variables])])"
+            f"[-{k}:]\n")
+        soup_code = f'''
+
+def average(weight_lists):
+    return [np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*weight_lists)]
+
+
+# Greedy soup of the last phase's last {k} epochs: best epoch first, each other averaged
+# in only if validation improves; kept only if it beats the best epoch.
+ordered = sorted(snapshots, key=lambda snap: -snap[0])
+kept, soup_score = [ordered[0][1]], ordered[0][0]
+for score, weights in ordered[1:]:
+    for w, value in zip(variables, average([*kept, weights]), strict=True):
+        w.assign(value)
+{bn_call.replace("        ", "    ", 1)}    candidate = balanced_accuracy()
+    if candidate > soup_score:
+        kept.append(weights)
+        soup_score = candidate
+print("epoch soup of", len(kept), "epochs: val", round(soup_score, 3))
+if len(kept) > 1 and soup_score > best_score:
+    for w, value in zip(variables, average(kept), strict=True):
+        w.assign(value)
+{bn_call.replace("        ", "    ", 1)}    best_score = soup_score
+    best_weights = [w.numpy() for w in variables]
+'''
     lines += f'''
 
 def balanced_accuracy():
@@ -782,7 +816,8 @@ def balanced_accuracy():
 
 
 best_score, best_weights, plateau = -1.0, None, 1.0
-{start_best}for blocks, epochs in PHASES:
+variables, snapshots = base.weights + head.weights, []
+{start_best}for phase_index, (blocks, epochs) in enumerate(PHASES):
     set_unfrozen(blocks)
     # Two learning rates: the backbone's is lower, so fine-tuning nudges pretrained features.
     opt_backbone, opt_head = make_optimizer(BACKBONE_LR), make_optimizer(HEAD_LR)
@@ -806,11 +841,11 @@ best_score, best_weights, plateau = -1.0, None, 1.0
         print(f"blocks={{blocks}} epoch={{epoch}} loss={{float(loss):.4f}} val={{score:.3f}}")
         if score > best_score:  # keep the best epoch's weights, as tlsearch does
             best_score = score
-            best_weights = [w.numpy() for w in base.weights + head.weights]
-        if score <= phase_best:
+            best_weights = [w.numpy() for w in variables]
+{keep_snapshot}        if score <= phase_best:
             plateau *= 0.5  # used by the plateau schedule only
         phase_best = max(phase_best, score)
-for w, value in zip(base.weights + head.weights, best_weights, strict=True):
+{soup_code}for w, value in zip(variables, best_weights, strict=True):
     w.assign(value)
 
 # Deployable model: raw RGB 0-255 in, probabilities out; BatchNorm in inference mode.
