@@ -364,3 +364,29 @@ def test_an_adopted_epoch_soup_is_the_trials_model(trial_data, monkeypatch):
                                             verbose=0))
     assert np.abs(probs - souped.val_probabilities).max() < 1e-4
     assert Replay.of(souped.to_dict()).soup_steps == tuple(record["ingredients"])
+
+
+def test_epoch_soup_through_the_cli(tmp_path):
+    """`search --set epoch_soup=K` reaches every trial: each records its epoch soup."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from tests.test_study import TINY_SPACE
+    from tlsearch.cli import app
+
+    data = write_colour_dataset(tmp_path / "data", {"red": 12, "green": 12})
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=2))
+    done = CliRunner().invoke(app, [
+        "search", str(data), "--study", "s", "--trials", "2", "--space", str(space),
+        "--weights", "none", "--cache-dir", str(tmp_path / "c"), "--no-baselines",
+        "--no-isolate", "--pruner", "none", "--studies", str(tmp_path / "studies"),
+        "--set", "epoch_soup=2", "--set", "unfreeze_blocks=1"])
+    assert done.exit_code == 0, done.output
+    results = [json.loads(p.read_text()) for p in
+               (tmp_path / "studies" / "s" / "trials").glob("*/result.json")]
+    complete = [r for r in results if r["state"] == "complete"
+                and r["strategy"].get("head_init") != "probe"]
+    assert complete and all(r["strategy"]["epoch_soup"] == 2 for r in complete)
+    assert all(r["extra"]["epoch_soup"]["recipe"] == "epochs" for r in complete)
