@@ -48,10 +48,13 @@ def _study_runs(study_dir: Path, k: int, top: int) -> list[dict]:
         if t.value is not None and Strategy.from_dict(t.user_attrs["strategy"]).fine_tunes),
         key=lambda t: -t.value)[:top]
     labels = np.asarray(split.labels("test"))
+    decoded: dict[int, np.ndarray] = {}  # test images per size, decoded once
 
     def test_score(model, size: int) -> float:
-        x = np.stack([decode_image(Path(config.data_dir) / p, size)
-                      for p in split.paths("test")]).astype(np.float32)
+        if size not in decoded:
+            decoded[size] = np.stack([decode_image(Path(config.data_dir) / p, size)
+                                      for p in split.paths("test")]).astype(np.float32)
+        x = decoded[size]
         probs = np.asarray(model.predict(x, verbose=0, batch_size=64), dtype=np.float64)
         return float(compute_metrics(labels, probs, split.classes)[metric])
 

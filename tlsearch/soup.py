@@ -139,13 +139,13 @@ def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
     base = model.get_weights()
     first = score(model)
 
-    def loaded() -> Iterator[tuple[int, list[np.ndarray]]]:
+    def loaded() -> Iterator[tuple[int, Weights]]:
         for number, path, _ in ordered[1:]:
             weights = load(path).get_weights()
             if _same_shapes(base, weights):  # another architecture cannot be averaged in
                 yield number, weights
 
-    def scored(weights: list[np.ndarray], members: tuple[int, ...]) -> float:
+    def scored(weights: Weights, members: tuple[int, ...]) -> float:
         model.set_weights(weights)
         if refresh is not None:
             refresh(model, members)

@@ -255,6 +255,8 @@ _ADDED_LATER = ("epoch_soup",)
 def _added_later_at_default(name: str, param: Any) -> bool:
     return (name in _ADDED_LATER and isinstance(param, Fixed)
             and param.value == _STRATEGY_DEFAULTS[name])
+
+
 # What a trial that does not fine-tune records for the parameters it did not sample.
 _INACTIVE = {"gradual": False, "bn_mode": "frozen", "finetune_epochs": 0}
 
