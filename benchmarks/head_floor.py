@@ -130,19 +130,26 @@ def run(dataset: str, seed: int, root: Path, cache: Path) -> list[dict]:
             logits = ((xs - solved.mean) / solved.variance**0.5) @ solved.kernel + solved.bias
             return float(_balanced(ys, logits.argmax(1)))
 
+        t_solve = time.perf_counter()
         new = solve_linear_head(xt, yt, xv, yv, n_classes, balanced=False)
+        t_solve = time.perf_counter() - t_solve
+        t_balanced = time.perf_counter()
+        solve_linear_head(xt, yt, xv, yv, n_classes, balanced=True)
+        t_balanced = time.perf_counter() - t_balanced
         best = solve_linear_head(xt, yt, xv, yv, n_classes, balanced=False, rule="best")
         old = _old_ties(xt, yt, xv, yv, n_classes)
         cv = solve_linear_head(xt, yt, xv, yv, n_classes, balanced=False, folds=5)
         fixed = solve_linear_head(xt, yt, xv, yv, n_classes, balanced=False, c_grid=(1.0,))
         rows.append({
             "dataset": dataset, "seed": seed, "backbone": f"{backbone}@{size}",
-            "weights": weights, "n_train": len(yt), "n_val": len(yv), "n_test": len(ys),
+            "weights": weights, "d": int(xt.shape[1]), "n_train": len(yt),
+            "n_val": len(yv), "n_test": len(ys),
             "sklearn": float(_balanced(ys, sk.predict(xs))),
             "solve": test_of(new), "solve_C": new.C, "solve_val": new.val_score,
             "best": test_of(best), "best_C": best.C, "old": test_of(old), "old_C": old.C,
             "cv": test_of(cv), "cv_C": cv.C,
-            "c1": test_of(fixed),
+            "c1": test_of(fixed), "solve_s": round(t_solve, 2),
+            "solve_balanced_s": round(t_balanced, 2),
             "feature_mean_abs": float(np.abs(xt).mean()), "feature_std": float(xt.std()),
             "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]), flush=True)
@@ -179,6 +186,18 @@ def main() -> None:
         d = [100 * (r[key] - r["sklearn"]) for r in rows]
         lines.append(f"| {label} | {min(d):+.1f} | {sum(d) / len(d):+.2f} | {max(d):+.1f} | "
                      f"{sum(x >= -1.0 for x in d)} of {len(d)} |")
+    timed = [r for r in rows if "solve_s" in r]
+    if timed:
+        lines += ["", "Wall time of the default solve (every C of the grid, from an empty cache), "
+                  "seconds, per seed:", "",
+                  "| dataset | backbone | d | train images | plain | class-balanced |",
+                  "|---|---|---|---|---|---|"]
+        for name, backbone in dict.fromkeys((r["dataset"], r["backbone"]) for r in timed):
+            group = [r for r in timed if (r["dataset"], r["backbone"]) == (name, backbone)]
+            cells = [" / ".join(f"{r[key]:.2f}" for r in group)
+                     for key in ("solve_s", "solve_balanced_s")]
+            lines.append(f"| {name} | {backbone} | {group[0]['d']} | {group[0]['n_train']} | "
+                         + " | ".join(cells) + " |")
     lines += ["", "| dataset | seed | backbone | weights | train/val/test | scikit-learn (C=1) | "
               + " | ".join(f"{label} (C)" for _, label in rules[:4]) + " | C = 1 |",
               "|---|---|---|---|---|---|" + "---|" * len(rules)]

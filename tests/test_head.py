@@ -163,3 +163,29 @@ def test_the_one_standard_error_rule_moves_from_c_1_only_on_evidence():
     assert choose_c({0.01: (0.90, -0.5), 1.0: (0.80, -0.4), 10.0: (0.81, -0.3)}, 100) == 0.01
     # Within the band and C = 1 not in it: the nearest to 1, then the better score.
     assert choose_c({0.01: (0.90, -0.5), 0.1: (0.88, -0.5), 10.0: (0.88, -0.4)}, 100) == 10.0
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_the_solve_on_the_training_rows_span_is_the_full_dimensional_fit(balanced):
+    """Fewer images than dimensions: the solve fits in the span of the training rows
+    (r <= n coordinates, not d) and is still scikit-learn's model on all d of them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    from tlsearch.head import _row_space
+
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1, 2], [30, 15, 15])
+    x = rng.normal(0, 1, (60, 300)) + 0.4 * np.eye(3)[y] @ rng.normal(0, 1, (3, 300))
+    xv = rng.normal(0, 1, (30, 300))
+    head = solve_linear_head(x, y, xv, y[:30], 3, balanced=balanced, c_grid=(1.0,))
+    z = (x - head.mean) / np.sqrt(head.variance)
+    full = LogisticRegression(C=1.0, tol=1e-10, max_iter=20_000).fit(
+        z, y, sample_weight=compute_sample_weight("balanced", y) if balanced else None)
+    zv = (xv - head.mean) / np.sqrt(head.variance)
+    assert np.abs(zv @ head.kernel + head.bias - full.decision_function(zv)).max() < 1e-2
+    basis = _row_space(z)
+    assert basis.shape == (300, 60)
+    assert np.allclose(basis.T @ basis, np.eye(60))
+    assert np.allclose(z @ basis @ basis.T, z)  # every training row is in its span
+    assert np.array_equal(_row_space(z[:, :20]), np.eye(20))  # more images than dimensions
