@@ -68,8 +68,9 @@ def standard_scale(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return np.where(varies, std, 1.0)
 
 
-def _row_space(x: np.ndarray) -> np.ndarray:
-    """An orthonormal basis (d, n) of a space holding every training row of `x` (n, d).
+def _row_space(x: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis (d, n) of a space holding every training row of `x` (n, d),
+    or None where the features are used as they are.
 
     An L2-regularised linear model's weights lie in the span of the centred training
     rows (its loss gradient is a weighted sum of them, and the unpenalised intercept
@@ -77,14 +78,18 @@ def _row_space(x: np.ndarray) -> np.ndarray:
     same model at a fraction of the cost per solver step (120-465 training images on
     1,280 dimensions in the demos). L-BFGS is invariant to an orthonormal change of
     coordinates, so the steps are the same steps (only its stopping test, on the largest
-    gradient coordinate, is not). With more than half as many images as dimensions it is
-    the identity: there the cut is small and the steps the same or more (393-465 images
+    gradient coordinate, is not). With more than half as many images as dimensions there
+    is none: there the cut is small and the steps the same or more (393-465 images
     on the bundled backbone's 576 dimensions: no faster, benchmarks/RESULTS-head-floor.md).
     A reduced QR: a third of an SVD's time, and a basis one larger than the centred rows'
     rank changes nothing.
     """
     n, d = x.shape
-    return np.eye(d) if 2 * n > d else np.linalg.qr(x.T)[0]
+    return None if 2 * n > d else np.linalg.qr(x.T)[0]
+
+
+def _project(x: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    return x if basis is None else x @ basis
 
 
 def _score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
@@ -202,12 +207,12 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     y_train, y_val = np.asarray(y_train), np.asarray(y_val)
     if folds and len(c_grid) > 1:  # every fold's rows lie in the span of all of them
         pooled = np.concatenate([xt, xv])
-        chosen = _cv_choice(pooled @ _row_space(pooled), np.concatenate([y_train, y_val]),
-                            balanced, metric, c_grid, folds)
+        chosen = _cv_choice(_project(pooled, _row_space(pooled)),
+                            np.concatenate([y_train, y_val]), balanced, metric, c_grid, folds)
     else:
         chosen = None
     basis = _row_space(xt)
-    walk = _walk(xt @ basis, y_train, weights, xv @ basis, y_val, metric,
+    walk = _walk(_project(xt, basis), y_train, weights, _project(xv, basis), y_val, metric,
                  c_grid if chosen is None else (chosen,))
     if chosen is None and rule == "1se" and len(walk) > 1:
         chosen = choose_c({row[1]: row[0] for row in walk}, len(y_val))
@@ -215,7 +220,8 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     else:
         row = max(walk, key=lambda row: row[0])
     (score, _), c, coef, intercept, classes = row
-    coef = coef @ basis.T
+    if basis is not None:
+        coef = coef @ basis.T
     kernel = np.zeros((train.shape[1], n_classes))
     bias = np.full(n_classes, -30.0)  # a class absent from training gets ~0 probability
     seen = classes.astype(int)
