@@ -213,13 +213,18 @@ def run_tlsearch(spec: RunSpec, result: RunResult) -> None:
     t0 = time.monotonic()
     deadline = t0 + spec.budget_s if spec.budget_s else None
 
+    starts: dict[int, float] = {}
+
     def on_event(kind: str, info: dict) -> None:
         now = time.monotonic()
         if kind == "epoch":
             result.epoch_times.append(now - t0)
+        elif kind == "trial_start":
+            starts[info["number"]] = now - t0
         elif kind == "trial_end":
             result.trials.append({"t": now - t0, "state": info["state"],
-                                  "value": info.get("value"), "number": info["number"]})
+                                  "value": info.get("value"), "number": info["number"],
+                                  "start": starts.get(info["number"])})
         if deadline is not None and kind in ("epoch", "trial_start") and now >= deadline:
             raise _Deadline
 
@@ -228,6 +233,13 @@ def run_tlsearch(spec: RunSpec, result: RunResult) -> None:
     except _Deadline:
         pass
     result.wall_s = time.monotonic() - t0
+    for row in result.trials:  # where each trial's time went, as the engine timed it
+        try:
+            row["timings"] = json.loads((work / "studies" / "bench" / "trials" /
+                                         f"{row['number']:04d}" / "result.json").read_text()
+                                        ).get("timings")
+        except (OSError, ValueError):
+            row["timings"] = None
     # The best trial that ended within the budget (one may finish just after it).
     within = _complete(asdict(result), spec.budget_s)
     if not within:
@@ -569,6 +581,8 @@ def summarise(runs: list[dict], *,
         targets["time_to_peer_best"] &= bool(hit) and all(v is not None and v <= 0.2 for v in hit)
         lines += ["", f"tlsearch trial-epochs per hour: {', '.join(ratios)}.", ""]
 
+    profile, targets["overhead"] = overhead_profile(budget_runs)
+    lines += profile
     frozen = [r for r in runs if r["spec"]["kind"] == "frozen"]
     floors = {r["spec"]["dataset"]: r for r in runs if r["spec"]["kind"] == "floor"}
     if not frozen:
@@ -598,11 +612,69 @@ def summarise(runs: list[dict], *,
                                 "either peer",
              "test_not_worse": "tlsearch's test score is not worse than either peer's (within "
                                "the seed spread)",
-             "frozen_floor": "the frozen-only tlsearch search takes <= 2x the forward-pass floor"}
+             "frozen_floor": "the frozen-only tlsearch search takes <= 2x the forward-pass floor",
+             "overhead": "non-compute overhead <= 25% of a pruned tlsearch trial's wall time"}
     lines += ["### Targets", ""]
     verdict = {True: "met", False: "**missed**", None: "not measured in this run"}
     lines += [f"- {verdict[ok]}: {names[key]}" for key, ok in targets.items()]
     return lines, targets
+
+
+#: Engine timings that are compute: forward/backward of the trained part (`train`), its
+#: validation forward passes (`eval`) and the frozen passes (`prefix`).
+COMPUTE = ("prefix", "train", "eval")
+#: The rest of a trial's wall, as the engine names it (`other`: everything it does not
+#: time: Optuna's ask and tell, the journal, checkpoints, saves, the latency probe).
+OVERHEAD = ("trace", "head_solve", "decode", "bn_reestimate")
+
+
+def _trial_walls(result: dict) -> list[tuple[dict, float]]:
+    """(trial row, wall s) per tlsearch trial: from the previous trial's end (or its own
+    start) to its end, so Optuna's ask, the admission lock and the journal count."""
+    rows = sorted((r for r in result["trials"] if r.get("timings")), key=lambda r: r["t"])
+    out, last = [], None
+    for row in rows:
+        begin = last if last is not None else row.get("start")
+        if begin is not None:
+            out.append((row, row["t"] - begin))
+        last = row["t"]
+    return out
+
+
+def overhead_profile(runs: list[dict]) -> tuple[list[str], bool | None]:
+    """Markdown table of where tlsearch's trials spent their time, per dataset, seed and
+    trial state, and whether a pruned trial's overhead is <= 25% of its wall."""
+    mine = [r for r in runs if r["spec"]["tool"] == "tlsearch"]
+    table, ok = [], None
+    for r in sorted(mine, key=lambda r: (r["spec"]["dataset"], r["spec"]["seed"])):
+        walls = _trial_walls(r)
+        for state in ("pruned", "complete"):
+            rows = [(row, wall) for row, wall in walls if row["state"] == state]
+            if not rows:
+                continue
+            total = sum(wall for _, wall in rows)
+            share = {k: sum(row["timings"].get(k, 0.0) for row, _ in rows) / total
+                     for k in COMPUTE + OVERHEAD}
+            other = 1 - sum(share.values())
+            overhead = 1 - sum(share[k] for k in COMPUTE)
+            if state == "pruned":
+                ok = (ok is not False) and overhead <= 0.25
+            cells = " | ".join(f"{share[k]:.0%}" for k in COMPUTE + OVERHEAD)
+            table.append(f"| {r['spec']['dataset']} | {r['spec']['seed']} | {state} "
+                         f"| {len(rows)} | {statistics.median(w for _, w in rows):.2f} "
+                         f"| {cells} | {other:.0%} | **{overhead:.0%}** |")
+    if not table:
+        return [], None
+    head = " | ".join(COMPUTE + OVERHEAD)
+    return ["### Where a tlsearch trial's time goes", "",
+            "Share of the trials' summed wall time (from the previous trial's end to the "
+            "trial's end). Compute: `prefix` (frozen passes), `train` (forward/backward of the "
+            "trained part), `eval` (its validation passes); the rest is overhead: `trace` (the "
+            "first call of each phase's train step), `head_solve`, `decode`, BatchNorm "
+            "re-estimation and `other` (Optuna, journal, checkpoints, saves, latency probe).",
+            "", f"| dataset | seed | state | trials | median wall s | {head} | other "
+            "| overhead |", "|---|---|---|---|---|" + "---|" * (len(COMPUTE + OVERHEAD) + 2),
+            *table, ""], ok
 
 
 # -- orchestration -------------------------------------------------------------------

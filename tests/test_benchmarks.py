@@ -40,7 +40,7 @@ def test_figures_and_targets_from_timelines():
     lines, targets = peers.summarise(runs, budget_s=100.0)
     text = "\n".join(lines)
     assert targets == {"time_to_peer_best": True, "epochs_per_hour": True,
-                       "test_not_worse": True, "frozen_floor": None}
+                       "test_not_worse": True, "frozen_floor": None, "overhead": None}
     # The trial at t=150 ended after the budget: it neither counts nor sets the best.
     assert ("| tlsearch | 2.0 (2.0-2.0) | 72 (72-72) | 14400 (14400-14400) | 0.900 (0.900-0.900) "
             "| 0.880 (0.880-0.880) | 10% / 10% |") in text
@@ -54,6 +54,28 @@ def test_figures_and_targets_from_timelines():
     assert targets["time_to_peer_best"] is False  # reached at 60% of the budget
     assert targets["epochs_per_hour"] is False
     assert targets["test_not_worse"] is False
+
+
+def test_the_overhead_profile_charges_each_trial_from_the_last_ones_end():
+    run = _run("tlsearch", 0, trials=[], epochs=0, test=0.9)
+    run["trials"] = [
+        {"t": 4.0, "start": 2.0, "state": "pruned", "value": None,
+         "timings": {"prefix": 1.0, "train": 0.5, "eval": 0.1, "trace": 0.2, "total": 2.0}},
+        {"t": 5.0, "start": 4.5, "state": "pruned", "value": None,  # 0.5 s before its start
+         "timings": {"train": 0.6, "eval": 0.1, "head_solve": 0.1, "total": 0.8}},
+        {"t": 9.0, "start": 5.2, "state": "complete", "value": 0.9,
+         "timings": {"train": 3.0, "eval": 0.2, "total": 3.5}},
+    ]
+    lines, ok = peers.overhead_profile([run])
+    text = "\n".join(lines)
+    # Pruned: 3 s of wall (2 + 1), 2.3 s of compute: 23% overhead, within the target.
+    assert ok is True
+    assert ("| d | 0 | pruned | 2 | 1.50 | 33% | 37% | 7% | 7% | 3% | 0% | 0% | 13% "
+            "| **23%** |") in text
+    assert "| d | 0 | complete | 1 | 4.00 |" in text
+    run["trials"][1]["timings"]["train"] = 0.1  # now 1.8 s of 3: 40% overhead
+    assert peers.overhead_profile([run])[1] is False
+    assert peers.overhead_profile([_run("optuna", 0, trials=[], epochs=0, test=0.9)]) == ([], None)
 
 
 def test_datasets_are_real_images_with_their_classes(tmp_path):
@@ -109,7 +131,8 @@ def test_smoke_run_produces_every_figure(tmp_path):
         row = next(line for line in text.splitlines() if line.startswith(f"| {tool} |"))
         assert "failed" not in row and "n/a" not in row
         assert f"| digits | {tool} | 1 (" in text  # the frozen-only search, with its ratio
-    assert "trial-epochs per hour:" in text and text.count("\n- ") == 4  # the four targets
+    assert "trial-epochs per hour:" in text and text.count("\n- ") == 5  # the five targets
+    assert "### Where a tlsearch trial's time goes" in text and "| digits | 0 | " in text
 
     # The tables can be re-written from the stored runs, to the same text.
     again = tmp_path / "again.md"

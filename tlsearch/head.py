@@ -27,9 +27,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 __all__ = ["C_GRID", "DEFAULT_C", "MAX_ITER", "TOL", "LinearHead", "choose_c",
-           "solve_linear_head"]
+           "one_blas_thread", "solve_linear_head"]
 
 #: Inverse L2 strengths tried on validation.
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -86,6 +87,17 @@ def _row_space(x: np.ndarray) -> np.ndarray | None:
     """
     n, d = x.shape
     return None if 2 * n > d else np.linalg.qr(x.T)[0]
+
+
+def one_blas_thread() -> threadpool_limits:
+    """A context with one BLAS thread, for the small solves of the head and its probes.
+
+    On products of a few hundred rows by n or d columns and k classes OpenBLAS's thread
+    hand-offs cost more than the arithmetic: 10 ms per L-BFGS step on two threads against
+    0.7 on one (textures demo, Lite0@96, 2 cores: the four-C walk 1.6 s against 0.1, the
+    ranking probe 0.28 s against 0.06; benchmarks/RESULTS-head-floor.md).
+    """
+    return threadpool_limits(1, user_api="blas")
 
 
 def _project(x: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
@@ -185,8 +197,6 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     Results are cached by the bytes of the inputs: trials that share features share
     the solve.
     """
-    from sklearn.utils.class_weight import compute_sample_weight
-
     c_grid = tuple(C_GRID if c_grid is None else c_grid)
     train = np.asarray(train, dtype=np.float64)
     val = np.asarray(val, dtype=np.float64)
@@ -199,6 +209,20 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
+    with one_blas_thread():
+        head = _solve(train, y_train, val, y_val, n_classes, balanced=balanced, metric=metric,
+                      c_grid=c_grid, folds=folds, rule=rule)
+    _CACHE[key] = head
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return head
+
+
+def _solve(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray,
+           n_classes: int, *, balanced: bool, metric: str, c_grid: tuple[float, ...],
+           folds: int, rule: str) -> LinearHead:
+    from sklearn.utils.class_weight import compute_sample_weight
+
     mean = train.mean(axis=0)
     scale = standard_scale(train, mean)
     xt, xv = (train - mean) / scale, (val - mean) / scale
@@ -231,10 +255,6 @@ def solve_linear_head(train: np.ndarray, y_train: np.ndarray, val: np.ndarray,
     else:
         kernel[:, seen] = coef.T
         bias[seen] = intercept
-    head = LinearHead(mean=mean.astype(np.float32), variance=variance.astype(np.float32),
+    return LinearHead(mean=mean.astype(np.float32), variance=variance.astype(np.float32),
                       kernel=kernel.astype(np.float32), bias=bias.astype(np.float32),
                       C=float(c), val_score=float(score))
-    _CACHE[key] = head
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return head

@@ -46,6 +46,7 @@ def pixel_probe(root: Path, split: Any, metric: str, *, size: int = SIZE,
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from tlsearch.head import one_blas_thread
     from tlsearch.report.context import metric_value
 
     paths, labels = split.paths("train"), split.labels("train")
@@ -53,7 +54,7 @@ def pixel_probe(root: Path, split: Any, metric: str, *, size: int = SIZE,
         paths, _, labels, _ = train_test_split(paths, labels, train_size=max_train,
                                                stratify=labels, random_state=seed)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(_pixels(root, list(paths), size), labels)
     k = len(split.classes)

@@ -1094,8 +1094,9 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
                                    feature_cache=cache, reuse_backbone=True,
                                    nan_at_step=1 if nan_trials and trial.number in nan_trials
                                    else nan_at_step)
-        except TrialPruned:
-            _write_json(tdir / "result.json", {"state": "pruned", "strategy": strategy.to_dict()})
+        except TrialPruned as exc:
+            _write_json(tdir / "result.json", {"state": "pruned", "strategy": strategy.to_dict(),
+                                               "timings": exc.timings})
             study.tell(trial, state=TrialState.PRUNED)
             consecutive_failures = 0
             emit("trial_end", {"number": trial.number, "state": "pruned", "value": None})
