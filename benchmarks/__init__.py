@@ -18,6 +18,21 @@ def write_results(name: str | Path, lines: list[str]) -> Path:
     return out
 
 
+def machine() -> str:
+    """`x86_64, 2 CPU cores (Intel(R) Xeon(R) Processor)`: what a figure was measured on."""
+    import os
+    import platform
+
+    model = platform.processor() or ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in
+                     Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores" + (f" ({model})" if model else "")
+
+
 def demo_with_space(prefix: str, space_yaml: str, *, kind: str = "digits"
                     ) -> tuple[Path, Path]:
     """A temporary folder with demo data of `kind` (64 px) and a space file: (data, space)."""

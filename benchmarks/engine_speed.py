@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from benchmarks import write_results  # noqa: E402
+from benchmarks import machine, write_results  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -109,7 +109,7 @@ def main() -> None:
         "",
         f"Command: `python -m benchmarks.engine_speed --size {args.size} --epochs {args.epochs}"
         f" --rss-trials {args.rss_trials}`",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Machine: {machine()}, "
         f"{platform.python_version()}; backbone {args.backbone} at {args.size}px, weights "
         f"{Path(weights).name}; demo data ({len(split.train)} train / {len(split.val)} val).",
         "",

@@ -79,14 +79,14 @@ def main() -> None:
     os.environ.setdefault("TLSEARCH_OFFLINE", "1")
     import tempfile
 
-    from benchmarks import write_results
+    from benchmarks import machine, write_results
     from tlsearch.rank import RANKERS
 
     lines = [
         "# Rankers against what the search found: results", "",
         f"Command: `python -m benchmarks.logme_demo --datasets {' '.join(args.datasets)} "
         f"--trials {args.trials}`",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python "
+        f"Machine: {machine()}, Python "
         f"{platform.python_version()}; ImageNet EfficientNet-Lite0/1/2 (offline, from their "
         "weight packages) and the self-pretrained MobileNetV3Small, at 64 and 128 px; seed 0.",
         "",

@@ -80,7 +80,7 @@ def main() -> None:
     size, weights = BACKBONES[args.backbone]
     os.environ.setdefault("TLSEARCH_OFFLINE", "1")
 
-    from benchmarks import demo_with_space, write_results
+    from benchmarks import demo_with_space, machine, write_results
     from tlsearch.study import SearchConfig, run_search
     from tlsearch.workers import run_workers
 
@@ -126,7 +126,7 @@ def main() -> None:
         "",
         f"Command: `python -m benchmarks.workers_speed --trials {args.trials} "
         f"--workers {args.workers} --backbone {args.backbone}`",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python "
+        f"Machine: {machine()}, Python "
         f"{platform.python_version()}; {args.backbone} at {size} px, {weights} weights, "
         "demo data, pruning off, prefix cache warm; both runs through `run_workers`.",
         "",

@@ -15,6 +15,17 @@ from PIL import Image  # noqa: E402
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
 
 
+def tiny_strategy(**overrides):
+    """A two-phase strategy on the tiny backbone (random weights), 32 px."""
+    from tlsearch.strategy import Strategy
+
+    base = dict(backbone="tiny_cnn", image_size=32, weights="none", head_epochs=2,
+                finetune_epochs=2, unfreeze_blocks=1, bn_mode="frozen", head_lr=3e-2,
+                backbone_lr=3e-3, batch_size=16, head_dropout=0.0, seed=1)
+    base.update(overrides)
+    return Strategy(**base)
+
+
 def write_colour_dataset(root: Path, counts: dict[str, int], *, size: int = 32,
                          seed: int = 0, noise: float = 45.0) -> Path:
     """Classes that differ by dominant colour plus noise: learnable through a random

@@ -70,9 +70,9 @@ def test_the_overhead_profile_charges_each_trial_from_the_last_ones_end():
     text = "\n".join(lines)
     # Pruned: 3 s of wall (2 + 1), 2.3 s of compute: 23% overhead, within the target.
     assert ok is True
-    assert ("| d | 0 | pruned | 2 | 1.50 | 33% | 37% | 7% | 7% | 3% | 0% | 0% | 13% "
+    assert ("| d | budget | 0 | pruned | 2 | 1.50 | 33% | 37% | 7% | 7% | 3% | 0% | 0% | 13% "
             "| **23%** |") in text
-    assert "| d | 0 | complete | 1 | 4.00 |" in text
+    assert "| d | budget | 0 | complete | 1 | 4.00 |" in text
     run["trials"][1]["timings"]["train"] = 0.1  # now 1.8 s of 3: 40% overhead
     assert peers.overhead_profile([run])[1] is False
     assert peers.overhead_profile([_run("optuna", 0, trials=[], epochs=0, test=0.9)]) == ([], None)
@@ -132,7 +132,8 @@ def test_smoke_run_produces_every_figure(tmp_path):
         assert "failed" not in row and "n/a" not in row
         assert f"| digits | {tool} | 1 (" in text  # the frozen-only search, with its ratio
     assert "trial-epochs per hour:" in text and text.count("\n- ") == 5  # the five targets
-    assert "### Where a tlsearch trial's time goes" in text and "| digits | 0 | " in text
+    assert "### Where a tlsearch trial's time goes" in text
+    assert "| digits | budget | 0 | " in text and "| digits | frozen-only | 0 | " in text
 
     # The tables can be re-written from the stored runs, to the same text.
     again = tmp_path / "again.md"

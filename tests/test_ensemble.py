@@ -7,6 +7,7 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
+from tlsearch import kept
 from tlsearch.ensemble import build_ensemble_model, greedy_ensemble
 
 
@@ -109,9 +110,8 @@ def test_export_ensemble_through_the_cli_is_scored_once_on_test(tmp_path):
     x = np.stack([decode_image(p, 32) for p in sorted((data / "red").glob("*.png"))[:6]])
     exported = np.asarray(load_model_safely(tmp_path / "e" / "model.keras")(
         x.astype("f4"), training=False))
-    members = [np.asarray(load_model_safely(
-        tmp_path / "studies" / "s" / "trials" / f"{n:04d}" / "model.keras")(
-            x.astype("f4"), training=False)) for n in chosen["members"]]
+    members = [np.asarray(kept.load(tmp_path / "studies" / "s" / "trials" / f"{n:04d}")(
+        x.astype("f4"), training=False)) for n in chosen["members"]]
     np.testing.assert_allclose(exported, np.mean(members, 0), atol=1e-5)
     both = runner.invoke(app, ["export", "s", "--out", str(tmp_path / "b"), *studies,
                                "--soup", "greedy", "--ensemble"])

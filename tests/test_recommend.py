@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from tlsearch import kept
 from tlsearch.recommend import Candidate, paired_standard_error, select
 
 
@@ -253,7 +254,7 @@ def test_a_fine_tuned_recommendation_is_averaged_with_its_floor_on_test_and_in_e
     root = tmp_path / "data"
     x = np.stack([decode_image(root / p, 32) for p in split.paths("test")]).astype("float32")
     for n in (0, 1):
-        model = load_model_safely(handle.trial_dir(n) / "model.keras")
+        model = kept.load(handle.trial_dir(n))
         probs.append(model.predict(x, verbose=0))
     from tlsearch.report.context import metric_value
 

@@ -5,18 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import write_colour_dataset
+from tests.conftest import tiny_strategy, write_colour_dataset
 from tlsearch.features import FeatureCache
-from tlsearch.strategy import Strategy
 from tlsearch.train import TrialData, TrialPruned, compute_metrics, run_trial
 
-
-def _strategy(**kw) -> Strategy:
-    base = dict(backbone="tiny_cnn", image_size=32, weights="none", head_epochs=2,
-                finetune_epochs=2, unfreeze_blocks=1, bn_mode="frozen", head_lr=3e-2,
-                backbone_lr=3e-3, batch_size=16, head_dropout=0.0, seed=1)
-    base.update(kw)
-    return Strategy(**base)
+_strategy = tiny_strategy
 
 
 class Recorder:

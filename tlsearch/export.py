@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from tlsearch import kept
+
 __all__ = [
     "ExportError",
     "Prediction",
@@ -123,7 +125,6 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     """
     from tlsearch.data import RESIZE_METHOD, Split
     from tlsearch.strategy import Strategy
-    from tlsearch.study import MODEL_FILE as STUDY_MODEL
     from tlsearch.study import SPLIT_FILE, load_config, open_study
 
     if retrain not in ("none", "train+val"):
@@ -146,12 +147,12 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     out.mkdir(parents=True, exist_ok=True)
     metrics = dict(chosen.user_attrs.get("metrics", {}))
     if retrain == "none":
-        source = handle.trial_dir(chosen.number) / STUDY_MODEL
-        if not source.exists():
+        source = handle.trial_dir(chosen.number)
+        if not kept.exists(source):
             raise ExportError(
                 f"trial {chosen.number} kept no final weights (only the best few trials do); "
                 "export it with --retrain train+val")
-        model = load_model_safely(source)  # refuse anything unsafe before writing it out
+        model = kept.load(source)  # refuse anything unsafe before writing it out
         trained_on = "train split"
     else:
         model = _retrain(strategy, split, config, handle.trial_dir(chosen.number))
@@ -170,7 +171,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         from tlsearch.holdout import member_temperatures
         from tlsearch.train import compute_metrics
 
-        other = load_model_safely(handle.trial_dir(partner) / STUDY_MODEL)
+        other = kept.load(handle.trial_dir(partner))
         # The study's blend, exactly: each member scaled by its own validation T first.
         scales = member_temperatures(handle, (chosen.number, partner), split)
         member_probs = [scaled(val.probabilities(m), t)
@@ -308,18 +309,16 @@ def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any, *,
     from optuna.trial import TrialState
 
     from tlsearch.soup import greedy_soup, uniform_soup
-    from tlsearch.study import MODEL_FILE as STUDY_MODEL
     from tlsearch.train import compute_metrics
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
     others = sorted((t for t in handle.study.get_trials(deepcopy=False,
                                                          states=(TrialState.COMPLETE,))
                      if t.number != chosen.number and t.value is not None
-                     and (handle.trial_dir(t.number) / STUDY_MODEL).is_file()),
+                     and kept.exists(handle.trial_dir(t.number))),
                     key=lambda t: -t.value)
-    candidates = [(chosen.number, handle.trial_dir(chosen.number) / STUDY_MODEL, chosen.value)]
-    candidates += [(t.number, handle.trial_dir(t.number) / STUDY_MODEL, t.value)
-                   for t in others]
+    candidates = [(chosen.number, handle.trial_dir(chosen.number), chosen.value)]
+    candidates += [(t.number, handle.trial_dir(t.number), t.value) for t in others]
     labels, classes = val.split.labels("val"), val.split.classes
 
     def score(m: Any) -> float:
@@ -341,7 +340,7 @@ def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any, *,
                 reestimate_batchnorm(m, train_x)
 
     cook = greedy_soup if recipe == "greedy" else uniform_soup
-    return cook(model, candidates, score, load_model_safely, refresh=refresh)
+    return cook(model, candidates, score, kept.load, refresh=refresh)
 
 
 def _ensemble(model: Any, chosen: Any, val: _ValImages, handle: Any
@@ -352,7 +351,6 @@ def _ensemble(model: Any, chosen: Any, val: _ValImages, handle: Any
     from optuna.trial import TrialState
 
     from tlsearch.ensemble import build_ensemble_model, greedy_ensemble
-    from tlsearch.study import MODEL_FILE as STUDY_MODEL
     from tlsearch.train import compute_metrics
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
@@ -361,12 +359,12 @@ def _ensemble(model: Any, chosen: Any, val: _ValImages, handle: Any
                                                          states=(TrialState.COMPLETE,))
                      if t.number != chosen.number and t.value is not None
                      and int(t.user_attrs.get("strategy", {}).get("image_size", -1)) == size
-                     and (handle.trial_dir(t.number) / STUDY_MODEL).is_file()),
+                     and kept.exists(handle.trial_dir(t.number))),
                     key=lambda t: -t.value)
     models = {chosen.number: model}
     probs = {chosen.number: val.probabilities(model)}
     for t in others:
-        models[t.number] = load_model_safely(handle.trial_dir(t.number) / STUDY_MODEL)
+        models[t.number] = kept.load(handle.trial_dir(t.number))
         probs[t.number] = val.probabilities(models[t.number])
     labels, classes = val.split.labels("val"), val.split.classes
     chosen_set = greedy_ensemble(

@@ -28,11 +28,12 @@ models*); in output space it needs no shared architecture.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tlsearch import kept
 
 __all__ = ["HOLDOUT_ATTR", "blend_of", "holdout_scores", "member_temperatures",
            "score_holdout", "score_of", "temperature_of"]
@@ -105,11 +106,10 @@ def _calibration(probs: np.ndarray, labels: np.ndarray, temperature: float,
             "reliability_after": reliability(after, labels).to_dict()}
 
 
-def _predict(model_path: Path, paths: list[Path], size: int) -> np.ndarray:
+def _predict(trial_dir: Path, paths: list[Path], size: int) -> np.ndarray:
     from tlsearch.data import decode_image
-    from tlsearch.export import load_model_safely
 
-    model = load_model_safely(model_path)
+    model = kept.load(trial_dir)
     x = np.stack([decode_image(p, size) for p in paths]).astype(np.float32)
     return np.asarray(model.predict(x, verbose=0, batch_size=64), dtype=np.float64)
 
@@ -134,7 +134,7 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
 
     from tlsearch.data import Split
     from tlsearch.report.context import bootstrap_interval
-    from tlsearch.study import MODEL_FILE, SPLIT_FILE, study_summary
+    from tlsearch.study import SPLIT_FILE, study_summary
     from tlsearch.train import compute_metrics
 
     split = Split.load(handle.dir / SPLIT_FILE)
@@ -173,10 +173,10 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
             wanted.setdefault(partner, None)
     predicted: dict[int, np.ndarray] = {}
     for number, baseline in sorted(wanted.items()):
-        model = handle.trial_dir(number) / MODEL_FILE
-        if not model.is_file():
+        tdir = handle.trial_dir(number)
+        stamp = kept.stamp(tdir)
+        if stamp is None:
             continue  # an old study from before baselines kept their models
-        stamp = os.stat(model).st_mtime_ns
         done = scores.get(str(number), {})
         calibrated = done.get("calibration", "missing")
         if done.get("model_mtime_ns") == stamp and (calibrated is None or (
@@ -185,7 +185,7 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
             continue  # scored already: the test split is read once per model (a score
             # from before calibration was measured is read again, to measure it)
         size = int(trials[number].user_attrs["strategy"]["image_size"])
-        probs = predicted[number] = _predict(model, paths, size)
+        probs = predicted[number] = _predict(tdir, paths, size)
         metrics = compute_metrics(labels, probs, split.classes)
         value, low, high = bootstrap_interval(labels, probs, metric)
         scores[str(number)] = {
@@ -219,13 +219,12 @@ def _blend(handle: Any, members: tuple[int, int], previous: dict[str, Any] | Non
     member's model or validation predictions are missing."""
     from tlsearch.calibration import fit_temperature
     from tlsearch.report.context import bootstrap_interval, metric_value
-    from tlsearch.study import MODEL_FILE
     from tlsearch.train import compute_metrics
 
-    models = [handle.trial_dir(n) / MODEL_FILE for n in members]
-    if not all(m.is_file() for m in models):
+    models = [handle.trial_dir(n) for n in members]
+    stamps = [kept.stamp(m) for m in models]
+    if None in stamps:
         return None
-    stamps = [os.stat(m).st_mtime_ns for m in models]
     if previous and previous.get("members") == list(members) \
             and previous.get("model_mtime_ns") == stamps \
             and "member_temperatures" in previous:  # a plain-mean blend is scored again

@@ -187,6 +187,9 @@ class TransferModel:
     suffix: Any
     cut: str | None
     extractors: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    #: sha256 of the backbone's weights as built (`tlsearch.kept.weights_digest`), for a
+    #: pooled backbone; a trial that left it so keeps only its head.
+    pristine_digest: str | None = None
 
     @property
     def depth(self) -> int:
@@ -262,7 +265,7 @@ class TransferModel:
         outputs = self.head(x)
         return keras.Model(inputs, outputs, name=name)
 
-    def train_forward(self, images: Any) -> Any:
+    def train_forward(self, images: Any, dropout: Any = None) -> Any:
         """Training-mode forward pass on raw RGB images (the uncached path).
 
         Keras 3 functional models pass the *outer* `training` value down to every
@@ -275,7 +278,25 @@ class TransferModel:
         for layer in self.preprocess:
             x = layer(x)
         x = self.backbone(x, training=self._train_flag)
-        return self.head(x, training=True)
+        return self.head_forward(x, dropout)
+
+    def head_forward(self, x: Any, dropout: Any = None) -> Any:
+        """The head in training mode. `dropout` (a scalar tensor, such as a variable)
+        replaces the rate of its Dropout layers, with the same seeds: one traced step
+        then serves every rate a search samples (`tlsearch.steps`)."""
+        if dropout is None:
+            return self.head(x, training=True)
+        import keras
+        import tensorflow as tf
+
+        for layer in self.head.layers[1:]:  # a chain after its input
+            if isinstance(layer, keras.layers.Dropout):
+                seed = tf.cast(tf.math.floormod(layer.seed_generator.next(),
+                                                tf.int32.max - 1), tf.int32)
+                x = tf.nn.experimental.stateless_dropout(x, rate=dropout, seed=seed)
+            else:
+                x = layer(x, training=True)
+        return x
 
     def feature_extractor(self) -> Any:
         """Raw RGB (already augmented, if at all) -> prefix activations, inference mode."""
@@ -323,10 +344,10 @@ class TransferModel:
         x = inputs if self.suffix is None else self.suffix(inputs, training=False)
         return keras.Model(inputs, self.head(x), name="features_model")
 
-    def features_forward(self, features: Any) -> Any:
+    def features_forward(self, features: Any, dropout: Any = None) -> Any:
         """Training-mode forward pass from cached prefix activations."""
         x = features if self.suffix is None else self.suffix(features, training=self._train_flag)
-        return self.head(x, training=True)
+        return self.head_forward(x, dropout)
 
     @property
     def trainable_variables(self) -> tuple[list[Any], list[Any]]:
@@ -379,6 +400,7 @@ class _Pooled:
     splits: dict[str | None, tuple[Any, Any]]
     extractors: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     dirty: bool = False  # handed to a trial that may change its weights or statistics
+    digest: str = ""  # of `pristine`
 
 
 #: Backbones built in this process, most recently used last. A search builds the same
@@ -407,9 +429,12 @@ def _pooled_backbone(spec: BackboneSpec, size: int, weights: str, seed: int,
     key = _pool_key(spec, size, weights, seed)
     entry = _POOL.get(key)
     if entry is None:
+        from tlsearch.kept import weights_digest
+
         backbone = build_backbone(spec, size, weights, seed=seed)
+        pristine = [np.array(w) for w in backbone.get_weights()]
         entry = _Pooled(backbone=backbone, blocks=find_blocks(backbone, spec.block_regex),
-                        pristine=[np.array(w) for w in backbone.get_weights()], splits={})
+                        pristine=pristine, splits={}, digest=weights_digest(pristine))
         _POOL[key] = entry
         while len(_POOL) > POOL_SIZE:
             _POOL.popitem(last=False)
@@ -422,7 +447,38 @@ def _pooled_backbone(spec: BackboneSpec, size: int, weights: str, seed: int,
 
 
 def clear_backbone_pool() -> None:
+    """Forget the pooled backbones, heads and the steps traced on them."""
+    from tlsearch.steps import clear_step_pool
+
     _POOL.clear()
+    _HEADS.clear()
+    clear_step_pool()
+
+
+#: Heads built in this process, by shape: the traced train steps of `tlsearch.steps`
+#: close over a head's variables, so a later trial with the same head shape takes the
+#: same head object, its values replaced by its own freshly initialised ones.
+_HEADS: OrderedDict[tuple, Any] = OrderedDict()
+
+
+def _pooled_head(fresh: Any, strategy: Strategy) -> Any:
+    """The pooled head of `fresh`'s shape holding `fresh`'s initial values (weights,
+    standardization and dropout seeds), or `fresh` itself, pooled."""
+    key = (tuple(fresh.input.shape[1:]), int(fresh.output.shape[-1]),
+           strategy.head_hidden_units, strategy.head_dropout > 0, strategy.head_l2)
+    pooled = _HEADS.get(key)
+    if pooled is None:
+        _HEADS[key] = fresh
+        while len(_HEADS) > 2 * POOL_SIZE:
+            _HEADS.popitem(last=False)
+        return fresh
+    for variable, value in zip(pooled.variables, fresh.variables, strict=True):
+        variable.assign(value)
+    for mine, theirs in zip(pooled.layers, fresh.layers, strict=True):
+        if hasattr(theirs, "rate"):  # what its config says and eager calls use
+            mine.rate, mine.seed = theirs.rate, theirs.seed
+    _HEADS.move_to_end(key)
+    return pooled
 
 
 def _split(backbone: Any, cut: str | None) -> tuple[Any, Any]:
@@ -467,21 +523,23 @@ def build_transfer_model(strategy: Strategy, num_classes: int, *,
         if cut not in entry.splits:
             entry.splits[cut] = _split(backbone, cut)
         prefix, suffix = entry.splits[cut]
-        extractors = entry.extractors
+        extractors, digest = entry.extractors, entry.digest
     else:
         backbone = build_backbone(spec, strategy.image_size, strategy.weights,
                                   seed=strategy.seed)
         blocks = find_blocks(backbone, spec.block_regex)
         cut = blocks.cut_for(depth)
         prefix, suffix = _split(backbone, cut)
-        extractors = {}
+        extractors, digest = {}, None
     keras.utils.set_random_seed(strategy.seed)  # the head's init must not depend on the pool
     head = _build_head(tuple(backbone.output.shape[1:]), num_classes, strategy)
+    if reuse_backbone:
+        head = _pooled_head(head, strategy)
     model = TransferModel(
         strategy=strategy, spec=spec, num_classes=num_classes, blocks=blocks,
         backbone=backbone, head=head, preprocess=preprocessing_layers(spec.family),
         augment=augmentation_layers(strategy.augmentation, seed=strategy.seed),
-        prefix=prefix, suffix=suffix, cut=cut, extractors=extractors,
+        prefix=prefix, suffix=suffix, cut=cut, extractors=extractors, pristine_digest=digest,
     )
     model.set_unfrozen(model.depth)
     return model

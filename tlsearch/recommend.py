@@ -116,8 +116,9 @@ def recommend_trial(handle: object, rule: str | None = None) -> Selection | None
 
     from optuna.trial import TrialState
 
+    from tlsearch import kept
     from tlsearch.data import DatasetError, Split
-    from tlsearch.study import MODEL_FILE, SPLIT_FILE, meets_constraints
+    from tlsearch.study import SPLIT_FILE, meets_constraints
 
     study, config = handle.study, handle.config  # type: ignore[attr-defined]
     eligible = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -138,7 +139,7 @@ def recommend_trial(handle: object, rule: str | None = None) -> Selection | None
     candidates, probs = [], {}
     for i, t in enumerate(eligible):
         tdir = handle.trial_dir(t.number)  # type: ignore[attr-defined]
-        if i and not (tdir / MODEL_FILE).is_file():
+        if i and not kept.exists(tdir):
             continue  # its model was dropped: it could not be exported
         try:
             result = json.loads((tdir / "result.json").read_text())
@@ -166,9 +167,9 @@ def floor_partner(handle: object, chosen: int) -> int | None:
     """
     from optuna.trial import TrialState
 
+    from tlsearch import kept
     from tlsearch.baselines import is_linear_probe
     from tlsearch.strategy import Strategy
-    from tlsearch.study import MODEL_FILE
 
     complete = {t.number: t for t in handle.study.get_trials(  # type: ignore[attr-defined]
         deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None}
@@ -185,6 +186,6 @@ def floor_partner(handle: object, chosen: int) -> int | None:
             continue
         if (is_linear_probe(s) and (s.backbone, s.image_size, s.weights)
                 == (top.backbone, top.image_size, top.weights)
-                and (handle.trial_dir(t.number) / MODEL_FILE).is_file()):  # type: ignore[attr-defined]
+                and kept.exists(handle.trial_dir(t.number))):  # type: ignore[attr-defined]
             probes.append((s.head_init != "probe", -t.value, t.number))
     return min(probes)[2] if probes else None

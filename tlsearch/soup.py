@@ -130,7 +130,7 @@ def greedy_soup(model: Any, candidates: Sequence[tuple[int, Path, float]],
         candidates: (trial, model file, validation score) in the order to try them:
             the first is the start (the recommended trial), then best score first.
         score: validation score of `model` with its current weights.
-        load: loads a candidate model file (safely).
+        load: loads a candidate's kept model (safely: `tlsearch.kept.load`).
         refresh: run on `model` and the trial numbers averaged into it after its
             weights change, before it is scored (and at the end): BatchNorm
             re-estimation where an ingredient adapted its statistics.

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tlsearch import kept
+
 __all__ = [
     "PRUNERS",
     "SearchConfig",
@@ -807,10 +809,10 @@ def _initialise(handle: StudyHandle, space: Any, weights: dict[str, str], data: 
         study.set_user_attr("ranking", ranking)
         study.set_user_attr("ranker", config.ranker)
     if config.keep_top_backbones:
-        kept = [row["key"] for row in ranking[:config.keep_top_backbones]]
-        study.set_user_attr("kept_backbones", kept)
-        emit("notice", {"message": f"searching only the top {len(kept)} by {config.ranker}: "
-                                   f"{', '.join(kept)}"})
+        searched = [row["key"] for row in ranking[:config.keep_top_backbones]]
+        study.set_user_attr("kept_backbones", searched)
+        emit("notice", {"message": f"searching only the top {len(searched)} by {config.ranker}: "
+                                   f"{', '.join(searched)}"})
     if config.baselines and config.trials < 2 * len(BASELINES):
         emit("notice", {"message": f"baseline recipes skipped: {config.trials} trials leave no "
                                    f"room for the {len(BASELINES)} recipes and a search "
@@ -897,11 +899,11 @@ def _enqueue_floor(handle: StudyHandle, emit: Callable[[str, dict], None]) -> No
         s = t.user_attrs.get("strategy")
         # A finished probe counts only while its model is kept (to compete and be scored
         # on test); a running one is another worker's, and will be.
-        kept = t.state == TrialState.RUNNING or (
-            t.state == TrialState.COMPLETE and (handle.trial_dir(t.number) / MODEL_FILE).is_file())
+        has_model = t.state == TrialState.RUNNING or (
+            t.state == TrialState.COMPLETE and kept.exists(handle.trial_dir(t.number)))
         # Only scikit-learn's exact probe counts: a sampled head-only trial chose its C
         # on validation and may have trained SGD epochs after the solve.
-        if (s and kept and s["backbone"] == strategy.backbone
+        if (s and has_model and s["backbone"] == strategy.backbone
                 and int(s["image_size"]) == strategy.image_size
                 and s.get("weights") == strategy.weights
                 and s.get("head_init") == "probe"):
@@ -997,9 +999,9 @@ def prepare_search(config: SearchConfig, emit: Callable[[str, dict], None]) -> P
     with _admission(handle):  # one worker ranks and enqueues; the others wait for it
         if not study.user_attrs.get("initialised"):
             _initialise(handle, space, weights, data, cache, emit)
-    kept = study.user_attrs.get("kept_backbones")
-    if kept:
-        space = space.restrict_backbones(kept)
+    searched = study.user_attrs.get("kept_backbones")
+    if searched:
+        space = space.restrict_backbones(searched)
     return Prepared(handle=handle, space=space, weights=weights, data=data, cache=cache,
                     metric=metric)
 
@@ -1150,7 +1152,7 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
 
 #: Complete trials whose final model is kept on disk for `tlsearch export`.
 KEEP_TOP_MODELS = 3
-MODEL_FILE = "model.keras"
+MODEL_FILE = kept.MODEL_FILE  # or the head alone (`tlsearch.kept`)
 
 
 def _keep_model_if_top(handle: StudyHandle, number: int, result: Any) -> None:
@@ -1174,15 +1176,12 @@ def _keep_model_if_top(handle: StudyHandle, number: int, result: Any) -> None:
             ranked.append((value, -t.number, t.number))
     keep |= {n for _, _, n in sorted(ranked, reverse=True)[:KEEP_TOP_MODELS]}
     if number in keep and result.model is not None:
-        path = handle.trial_dir(number) / MODEL_FILE
-        tmp = path.with_name(f".{os.getpid()}.tmp.keras")
-        result.model.save(tmp)
-        os.replace(tmp, path)
+        kept.save(handle.trial_dir(number), result)
     for t in trials:
         if t.number not in keep and t.number != number and t.state == TrialState.COMPLETE:
-            (handle.trial_dir(t.number) / MODEL_FILE).unlink(missing_ok=True)
+            kept.drop(handle.trial_dir(t.number))
     if number not in keep:
-        (handle.trial_dir(number) / MODEL_FILE).unlink(missing_ok=True)
+        kept.drop(handle.trial_dir(number))
 
 
 def _reason_counts(skipped: Any) -> dict[str, int]:

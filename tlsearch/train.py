@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tlsearch.metrics import epoch_scores
 from tlsearch.strategy import ALL_BLOCKS, Strategy
 
 __all__ = [
@@ -178,6 +179,9 @@ class TrialResult:
     extra: dict[str, Any] = field(default_factory=dict)
     #: The deployable Keras model with the trial's final weights (complete trials only).
     model: Any = field(default=None, repr=False, compare=False)
+    #: The digest of its backbone's weights where they are still as built (only the head
+    #: trained): `tlsearch.kept` then keeps only the head.
+    backbone_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -390,6 +394,7 @@ class _Engine:
         from tlsearch.model import build_transfer_model
 
         self.strategy = strategy
+        self.reuse = reuse_backbone  # pooled backbone, head and traced steps
         self.data = data
         self.reporter = reporter
         self.checkpoint_dir = checkpoint_dir
@@ -498,14 +503,39 @@ class _Engine:
         rng = np.random.default_rng([self.strategy.seed, step, 7])
         return views[int(rng.integers(len(views)))]
 
-    def _build_step(self, opt_backbone: Any, opt_head: Any, mode: str):
+    def _step(self, mode: str, blocks: int) -> Any:
+        """The phase's train step: traced now, or the pooled one with the same graph
+        (`tlsearch.steps`), its optimizers zeroed and this trial's dropout rate set."""
+        from tlsearch.steps import pooled
+
+        s, tm = self.strategy, self.tm
+        # What the graph depends on besides the objects it closes over (the owners): the
+        # trainable set (blocks; BatchNorm mode where backbone layers run), the loss and
+        # the optimizer's fixed settings. The uncached path has per-trial augmentation.
+        bn = s.bn_mode if mode == "prefix" and tm.suffix is not None else None
+        key = None if mode == "images" or not self.reuse else (
+            "train", mode, blocks, bn, s.imbalance == "focal", s.label_smoothing,
+            s.optimizer, s.weight_decay, self.n_classes)
+        step = pooled(key, (tm.head, tm.suffix, tm.backbone), lambda: self._trace_step(mode))
+        step.reset(s.head_dropout)
+        return step
+
+    def _trace_step(self, mode: str) -> Any:
         import tensorflow as tf
 
-        tm = self.tm
+        from tlsearch.steps import Step
+
+        tm, s = self.tm, self.strategy
         loss_fn = self.loss_fn
+        opt_backbone = _make_optimizer(s, s.backbone_lr)
+        opt_head = _make_optimizer(s, s.head_lr)
         backbone_vars, head_vars = tm.trainable_variables
+        if backbone_vars:
+            opt_backbone.build(backbone_vars)
+        opt_head.build(head_vars)
+        dropout = tf.Variable(float(s.head_dropout), trainable=False, dtype=tf.float32)
         forward = {"prefix": tm.features_forward, "images": tm.train_forward,
-                   "outputs": lambda x: tm.head(x, training=True)}[mode]
+                   "outputs": tm.head_forward}[mode]
 
         # One trace per phase: the batch dimension is left open, so the last, smaller
         # batch of an epoch does not trace the step a second time.
@@ -519,7 +549,7 @@ class _Engine:
         @tf.function(input_signature=signature)
         def step(x, y_onehot, sample_weight):
             with tf.GradientTape() as tape:
-                probs = forward(x)
+                probs = forward(x, dropout)
                 per_sample = loss_fn(y_onehot, probs)
                 loss = tf.reduce_sum(per_sample * sample_weight) / tf.reduce_sum(sample_weight)
                 reg = tf.add_n(tm.head.losses) if tm.head.losses else 0.0
@@ -533,7 +563,8 @@ class _Engine:
                 tf.equal(tf.argmax(probs, 1), tf.argmax(y_onehot, 1)), tf.float32))
             return loss, correct
 
-        return step, backbone_vars, head_vars
+        return Step(fn=step, opt_backbone=opt_backbone, opt_head=opt_head,
+                    backbone_vars=backbone_vars, head_vars=head_vars, dropout=dropout)
 
     def predict_val(self, mode: str) -> np.ndarray:
         t0 = time.perf_counter()
@@ -541,28 +572,46 @@ class _Engine:
             # A small head runs eagerly faster than a trace of it would cost.
             inputs = self.inputs["outputs"][1]
             forward = lambda batch: self.tm.head(batch, training=False)  # noqa: E731
+            fresh = False
         else:
             inputs = self.val_features if mode == "prefix" else self.val_images
-            forward = self._eval_fn(mode)
-        probs = []
+            traced: list[bool] = []
+            forward = self._eval_fn(mode, traced)
+            fresh = bool(traced)
+        probs, trace_s = [], 0.0
         for start in range(0, len(inputs), EVAL_BATCH):
             batch = np.asarray(inputs[start:start + EVAL_BATCH], dtype=np.float32)
+            if start == 0 and fresh:  # the call that traces it
+                t1 = time.perf_counter()
+                probs.append(np.asarray(forward(batch)))
+                trace_s = time.perf_counter() - t1
+                self.timings["trace"] = self.timings.get("trace", 0.0) + trace_s
+                continue
             probs.append(np.asarray(forward(batch)))
-        self.timings["eval"] += time.perf_counter() - t0
+        self.timings["eval"] += time.perf_counter() - t0 - trace_s
         return np.concatenate(probs).astype(np.float64)
 
-    def _eval_fn(self, mode: str) -> Any:
-        """The inference pass through the trained part, traced once per trial: eager
-        Keras through backbone blocks cost about as much per epoch as training them
-        from the cache (measured: 28% of a full fine-tune's time was validation)."""
+    def _eval_fn(self, mode: str, traced: list[bool]) -> Any:
+        """The inference pass through the trained part, traced once per trial (or taken
+        from `tlsearch.steps`' pool with the same objects): eager Keras through backbone
+        blocks cost about as much per epoch as training them from the cache (measured:
+        28% of a full fine-tune's time was validation). Appends to `traced` if traced."""
         import tensorflow as tf
 
-        if mode not in self._eval_fns:
+        from tlsearch.steps import pooled
+
+        def build() -> Any:
             model = self.tm.features_model() if mode == "prefix" else self.tm.deployable()
             shape = tuple(model.input.shape[1:])
-            self._eval_fns[mode] = tf.function(
-                lambda batch: model(batch, training=False),
-                input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+            traced.append(True)
+            return tf.function(lambda batch: model(batch, training=False),
+                               input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+
+        if mode not in self._eval_fns:
+            tm = self.tm
+            key = None if mode == "images" or not self.reuse else ("eval", mode,
+                                                                    self.n_classes)
+            self._eval_fns[mode] = pooled(key, (tm.head, tm.suffix, tm.backbone), build)
         return self._eval_fns[mode]
 
     def run(self, resume: dict[str, Any] | None) -> TrialResult:
@@ -591,12 +640,10 @@ class _Engine:
             self.tm.set_unfrozen(phase.blocks)
             head_lr = s.head_lr
             backbone_lr = s.backbone_lr
-            opt_b, opt_h = _make_optimizer(s, backbone_lr), _make_optimizer(s, head_lr)
             mode = self._mode(phase.blocks)
-            step_fn, backbone_vars, head_vars = self._build_step(opt_b, opt_h, mode)
-            if backbone_vars:
-                opt_b.build(backbone_vars)
-            opt_h.build(head_vars)
+            step = self._step(mode, phase.blocks)
+            opt_b, opt_h = step.opt_backbone, step.opt_head
+            step_fn, backbone_vars = step.fn, step.backbone_vars
             if resume and phase_index == start_phase and first_epoch > 0:
                 self._restore_optimizers(resume, opt_b, opt_h)
             patience_left = s.early_stopping_patience
@@ -658,7 +705,7 @@ class _Engine:
                         "seconds": time.perf_counter() - t0})
                     continue
                 probs = self.predict_val(mode)
-                metrics = compute_metrics(self.y_val, probs, self.data.classes)
+                metrics = epoch_scores(self.y_val, probs, self.metric)
                 value = metrics[self.metric]
                 self.history.append({
                     "step": global_step, "phase": phase.name, "phase_index": phase_index,
@@ -728,8 +775,19 @@ class _Engine:
                                                                             self.strategy),
             cached=self.cached, cache=dict(self.cache_counts), val_probabilities=probs,
             resumed_from_step=resumed_from, notes=tuple(self.notes), model=deploy,
-            extra=extra,
+            extra=extra, backbone_digest=self._untouched_backbone(),
         )
+
+    def _untouched_backbone(self) -> str | None:
+        """The pooled backbone's digest if its weights and statistics are as built (the
+        trial trained only its head: checked, not assumed), else None."""
+        from tlsearch.kept import weights_digest
+
+        digest = self.tm.pristine_digest
+        if (digest is None or self.tm.depth != 0 or self.strategy.bn_mode == "adapt"
+                or weights_digest(self.tm.backbone.get_weights()) != digest):
+            return None
+        return digest
 
     def _epoch_soup(self) -> dict[str, Any]:
         """Greedy soup of the last phase's last epochs (Wortsman et al.'s recipe on one
@@ -744,7 +802,7 @@ class _Engine:
             if self.strategy.bn_mode == "adapt":
                 self.tm.reestimate_batchnorm(self.train_images)
             probs = self.predict_val(self.final_mode)
-            return float(compute_metrics(self.y_val, probs, self.data.classes)[self.metric])
+            return epoch_scores(self.y_val, probs, self.metric)[self.metric]
 
         ordered = sorted(self.snapshots, key=lambda snap: (-snap[0], snap[1]))
         (first_value, first_step, first_weights), rest = ordered[0], ordered[1:]
@@ -823,7 +881,7 @@ class _Engine:
         if not s.head_hidden_units and self.replay is None:
             # The solve itself is a candidate: SGD epochs replace it only if they win.
             probs = self.predict_val(self._mode(0))
-            value = compute_metrics(self.y_val, probs, self.data.classes)[self.metric]
+            value = epoch_scores(self.y_val, probs, self.metric)[self.metric]
             self.best = (value, 0, self._mutable_values())
 
     def _checkpoint(self, step: int, phase_index: int, epoch: int, opt_b: Any, opt_h: Any) -> None:

@@ -33,6 +33,7 @@ from tlsearch.head import C_GRID as HEAD_C_GRID
 from tlsearch.head import DEFAULT_C as HEAD_DEFAULT_C
 from tlsearch.head import MAX_ITER as HEAD_MAX_ITER
 from tlsearch.head import TOL as HEAD_TOL
+from tlsearch.metrics import metric_value
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
@@ -174,28 +175,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 # -- metrics and statistics ----------------------------------------------------------------
-
-
-def metric_value(name: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """`balanced_accuracy`, `accuracy` or `macro_f1`, as scikit-learn computes them.
-
-    Written in numpy so that a thousand bootstrap resamples stay fast.
-    """
-    if name == "accuracy":
-        return float(np.mean(y_true == y_pred))
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    support = cm.sum(axis=1)
-    tp = np.diag(cm)
-    if name == "balanced_accuracy":  # mean recall over the classes present in y_true
-        present = support > 0
-        return float(np.mean(tp[present] / support[present]))
-    if name == "macro_f1":  # every class counts; 0 where undefined (zero_division=0)
-        predicted = cm.sum(axis=0)
-        denom = support + predicted
-        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-        return float(np.mean(f1))
-    raise ValueError(f"unknown metric {name!r}")
 
 
 def bootstrap_interval(y_true: np.ndarray, probs: np.ndarray, metric: str, *,
