@@ -7,7 +7,9 @@ makes: 20 % validation, 20 % test), times each computation that runs under
 `tlsearch.head.one_blas_thread` as shipped and with it replaced by a no-op (OpenBLAS's
 default: one thread per core), in the same process, alternating, best of `--repeats`:
 the head solve (the four-C walk, plain and class-balanced), the ranking probe, H-score
-and the raw-pixel yardstick. Each pair must give the same result (checked). Writes
+and the raw-pixel yardstick. Each pair must give the same result (checked: the solve's C and
+validation predictions, whose weights differ in the last digits as the threads sum in
+another order; the other jobs' scores). Writes
 benchmarks/RESULTS-blas-threads.md.
 """
 
@@ -59,7 +61,11 @@ def run(dataset: str, seed: int, root: Path, cache: Path, repeats: int) -> list[
     k = len(split.classes)
 
     def solve(balanced: bool):
-        return lambda: head.solve_linear_head(xt, yt, xv, yv, k, balanced=balanced).kernel
+        def fit():  # its C and validation predictions: the weights differ in rounding
+            solved = head.solve_linear_head(xt, yt, xv, yv, k, balanced=balanced)
+            logits = (xv - solved.mean) / solved.variance**0.5 @ solved.kernel + solved.bias
+            return np.concatenate([[solved.C], logits.argmax(1)])
+        return fit
 
     jobs = {"head solve (4 C)": solve(False), "head solve, balanced": solve(True),
             "ranking probe": lambda: rank._probe(xt, yt, xv, yv),
