@@ -581,15 +581,22 @@ class _Engine:
         probs, trace_s = [], 0.0
         for start in range(0, len(inputs), EVAL_BATCH):
             batch = np.asarray(inputs[start:start + EVAL_BATCH], dtype=np.float32)
-            if start == 0 and fresh:  # the call that traces it
-                t1 = time.perf_counter()
-                probs.append(np.asarray(forward(batch)))
-                trace_s = time.perf_counter() - t1
-                self.timings["trace"] = self.timings.get("trace", 0.0) + trace_s
-                continue
-            probs.append(np.asarray(forward(batch)))
+            if start == 0 and fresh:
+                out, trace_s = self._first_call(forward, batch)
+            else:
+                out = forward(batch)
+            probs.append(np.asarray(out))
         self.timings["eval"] += time.perf_counter() - t0 - trace_s
         return np.concatenate(probs).astype(np.float64)
+
+    def _first_call(self, fn: Any, *args: Any) -> tuple[Any, float]:
+        """`fn(*args)` timed as `trace`: a traced function's first call traces it (or,
+        pooled, just runs). Returns (its result, the seconds)."""
+        t0 = time.perf_counter()
+        out = fn(*args)
+        spent = time.perf_counter() - t0
+        self.timings["trace"] = self.timings.get("trace", 0.0) + spent
+        return out, spent
 
     def _eval_fn(self, mode: str, traced: list[bool]) -> Any:
         """The inference pass through the trained part, traced once per trial (or taken
@@ -648,7 +655,7 @@ class _Engine:
                 self._restore_optimizers(resume, opt_b, opt_h)
             patience_left = s.early_stopping_patience
             phase_best = -math.inf
-            traced = 0.0
+            first_call = True
             for epoch in range(first_epoch, phase.epochs):
                 if self.replay is not None and global_step >= self.replay.steps:
                     break
@@ -668,14 +675,12 @@ class _Engine:
                     y = y_train_onehot[idx]
                     w = (self.class_weights[self.y_train[idx]] if self.class_weights is not None
                          else np.ones(len(idx), dtype=np.float32))
-                    if traced:
-                        loss, correct = step_fn(tf.constant(x), tf.constant(y), tf.constant(w))
-                    else:  # the first call traces the step: timed on its own
-                        t1 = time.perf_counter()
-                        loss, correct = step_fn(tf.constant(x), tf.constant(y), tf.constant(w))
-                        traced = time.perf_counter() - t1
-                        self.timings["trace"] = self.timings.get("trace", 0.0) + traced
-                        trace_s = traced
+                    batch = (tf.constant(x), tf.constant(y), tf.constant(w))
+                    if first_call:
+                        (loss, correct), trace_s = self._first_call(step_fn, *batch)
+                        first_call = False
+                    else:
+                        loss, correct = step_fn(*batch)
                     total_loss += float(loss) * len(idx)
                     total_correct += float(correct)
                     seen += len(idx)
