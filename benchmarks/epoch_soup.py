@@ -33,8 +33,8 @@ def _study_runs(study_dir: Path, k: int, top: int) -> list[dict]:
 
     from tlsearch.data import Split, decode_image
     from tlsearch.features import FeatureCache
+    from tlsearch.search import load_config, open_study
     from tlsearch.strategy import Strategy
-    from tlsearch.study import load_config, open_study
     from tlsearch.train import TrialData, compute_metrics, run_trial
 
     config = load_config(study_dir)

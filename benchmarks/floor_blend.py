@@ -39,8 +39,8 @@ def one_study(study_dir: Path) -> dict | None:
     from tlsearch.data import Split
     from tlsearch.recommend import recommend_trial
     from tlsearch.report.context import metric_value
+    from tlsearch.search import MODEL_FILE, load_config, open_study
     from tlsearch.strategy import Strategy
-    from tlsearch.study import MODEL_FILE, load_config, open_study
 
     handle = open_study(load_config(study_dir), create=False)
     split = Split.load(study_dir / "split.json")
@@ -90,8 +90,8 @@ def _wise(handle, top: int, floor: int, s, root: Path, split) -> tuple | None:
     training images when the fine-tune adapted its own). None where they do not."""
     from tlsearch.data import decode_image
     from tlsearch.export import load_model_safely
+    from tlsearch.search import MODEL_FILE
     from tlsearch.soup import average_weights, reestimate_batchnorm
-    from tlsearch.study import MODEL_FILE
 
     a = load_model_safely(handle.trial_dir(top) / MODEL_FILE)
     b = load_model_safely(handle.trial_dir(floor) / MODEL_FILE)

@@ -78,7 +78,7 @@ def _study_rows(study_dir: Path) -> dict | None:
     from tlsearch.holdout import _predict, _val_probs
     from tlsearch.recommend import floor_partner, paired_standard_error
     from tlsearch.report.context import metric_value
-    from tlsearch.study import MODEL_FILE, SPLIT_FILE, load_config, open_study, study_summary
+    from tlsearch.search import MODEL_FILE, SPLIT_FILE, load_config, open_study, study_summary
 
     config = load_config(study_dir)
     handle = open_study(config, create=False)

@@ -45,7 +45,7 @@ imbalance: [none, class_weight]
 def _one(dataset: str, tmp: Path, trials: int) -> tuple[list[dict], dict, int]:
     from benchmarks.peers import write_dataset
     from tlsearch.rank import ranker_agreement
-    from tlsearch.study import SearchConfig, open_study, run_search
+    from tlsearch.search import SearchConfig, open_study, run_search
 
     data = write_dataset(dataset, tmp)
     space = tmp / "space.yaml"

@@ -202,7 +202,7 @@ def run_tlsearch(spec: RunSpec, result: RunResult) -> None:
 
     from tlsearch.data import Split
     from tlsearch.export import export_trial, load_exported, predict_paths
-    from tlsearch.study import SPLIT_FILE, SearchConfig, run_search
+    from tlsearch.search import SPLIT_FILE, SearchConfig, run_search
 
     work = Path(spec.workdir)
     config = SearchConfig(
@@ -347,8 +347,8 @@ def run_kerastuner(spec: RunSpec, result: RunResult) -> None:
     import keras_tuner as kt
 
     from benchmarks.plain import EvalCallback, PlainModel, build_plain, fit_plain
+    from tlsearch.search._tuner import _HpTrial, register_space
     from tlsearch.space import load_space
-    from tlsearch.tuner import _HpTrial, register_space
 
     t0 = time.monotonic()
     deadline = t0 + spec.budget_s if spec.budget_s else None

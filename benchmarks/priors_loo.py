@@ -32,7 +32,7 @@ def _timeline(study_dir: Path) -> dict:
     """Completed trials in completion order: seconds since the first start, value."""
     from optuna.trial import TrialState
 
-    from tlsearch.study import load_config, open_study
+    from tlsearch.search import load_config, open_study
 
     handle = open_study(load_config(study_dir), create=False)
     trials = handle.study.get_trials(deepcopy=False)

@@ -11,7 +11,7 @@ with tlsearch's pruners (Hyperband, median) in two step conventions:
 - **old**: every epoch is a pruning step (global step 1, 2, ...), so with the quick
   space's 5 head epochs every Hyperband rung falls inside a fine-tuning trial's head
   warm-up;
-- **new** (`tlsearch.study.pruning_offset`): a fine-tuning trial reports only its
+- **new** (`tlsearch.search.pruning_offset`): a fine-tuning trial reports only its
   fine-tuning epochs, as steps 1, 2, ...; a head-only trial its epochs.
 
 Per run it prints how many of the finally best configurations (the top 3 by their
@@ -58,8 +58,9 @@ def replay(runs: list[dict], pruner_name: str, convention: str) -> dict[str, Any
     """Report each recorded curve to a fresh study's pruner; what it would have done."""
     import optuna
 
+    from tlsearch.search import pruning_offset
+    from tlsearch.search._storage import _make_pruner
     from tlsearch.strategy import Strategy
-    from tlsearch.study import _make_pruner, pruning_offset
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     head = max(r["strategy"]["head_epochs"] for r in runs)

@@ -61,7 +61,7 @@ def _search(data: Path, out: Path, study: str, seed: int, trials: int, extra: li
     # The search's own span (first trial start to last trial end), the same on a re-run
     # over a reused workdir, where the command itself finds nothing left to do.
     from tlsearch.recommend import recommend_trial
-    from tlsearch.study import load_config, open_study
+    from tlsearch.search import load_config, open_study
 
     handle = open_study(load_config(out / study), create=False)
     trials = handle.study.get_trials()

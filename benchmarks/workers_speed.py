@@ -60,7 +60,7 @@ def _utilisation(study_dir: Path, t0_wall: float, workers: int, seconds: float
     """(seconds from start to the first trial's start, busy share of workers × wall)."""
     import optuna
 
-    from tlsearch.study import load_config, open_study
+    from tlsearch.search import load_config, open_study
 
     handle = open_study(load_config(study_dir), create=False)
     trials = [t for t in handle.study.get_trials(deepcopy=False)
@@ -81,8 +81,7 @@ def main() -> None:
     os.environ.setdefault("TLSEARCH_OFFLINE", "1")
 
     from benchmarks import demo_with_space, machine, write_results
-    from tlsearch.study import SearchConfig, run_search
-    from tlsearch.workers import run_workers
+    from tlsearch.search import SearchConfig, run_search, run_workers
 
     space_yaml = SPACE.replace("{backbone}", args.backbone).replace("{size}", str(size))
     data, space = demo_with_space("tlsearch-bench-workers-", space_yaml)

@@ -56,7 +56,7 @@ def test_the_exported_model_is_softmax_of_logits_over_t(tmp_path):
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import load_model_safely
-    from tlsearch.study import SearchConfig, run_search
+    from tlsearch.search import SearchConfig, run_search
 
     data = write_colour_dataset(tmp_path / "data", {"red": 25, "green": 25, "blue": 25})
     space = tmp_path / "tiny.yaml"
@@ -70,7 +70,7 @@ def test_the_exported_model_is_softmax_of_logits_over_t(tmp_path):
     studies = str(tmp_path / "studies")
     assert runner.invoke(app, ["status", "c", "--out", studies]).exit_code == 0
     from tlsearch.holdout import score_holdout
-    from tlsearch.study import open_study
+    from tlsearch.search import open_study
 
     record = score_holdout(open_study(config, create=False))
     calibration = record["scores"]["0"]["calibration"]

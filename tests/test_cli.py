@@ -129,7 +129,7 @@ def test_rank_with_default_weights_offline_is_one_line(tmp_path, offline_imagene
 def test_storage_urls_get_an_installed_driver(monkeypatch):
     import importlib.util
 
-    from tlsearch import study
+    from tlsearch import search as study
 
     installed = {"psycopg2", "pymysql"}
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -145,7 +145,7 @@ def test_storage_urls_get_an_installed_driver(monkeypatch):
 
 
 def test_a_storage_error_hides_the_password(tmp_path):
-    from tlsearch import study
+    from tlsearch import search as study
 
     with pytest.raises(study.SearchError) as err:
         study.make_storage("postgresql://user:s3cret@127.0.0.1:1/db", tmp_path)

@@ -87,7 +87,7 @@ def test_a_search_splits_duplicates_together_and_the_report_says_so(tmp_path):
     from tests.test_study import TINY_SPACE
     from tlsearch.data import Split
     from tlsearch.report import build_report
-    from tlsearch.study import SearchConfig, run_search
+    from tlsearch.search import SearchConfig, run_search
 
     root, sets = _with_duplicates(tmp_path / "data")
     space = tmp_path / "tiny.yaml"

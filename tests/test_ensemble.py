@@ -82,7 +82,7 @@ def test_export_ensemble_through_the_cli_is_scored_once_on_test(tmp_path):
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import EXPORT_ATTR, load_model_safely
-    from tlsearch.study import SearchConfig, load_config, open_study, run_search
+    from tlsearch.search import SearchConfig, load_config, open_study, run_search
 
     data = write_colour_dataset(tmp_path / "data", {"red": 15, "green": 15, "blue": 15})
     space = tmp_path / "tiny.yaml"
@@ -127,7 +127,7 @@ def test_the_report_shows_what_was_exported_against_the_trial(tmp_path):
     from tests.test_study import TINY_SPACE
     from tlsearch.export import export_trial
     from tlsearch.report import build_report
-    from tlsearch.study import SearchConfig, run_search
+    from tlsearch.search import SearchConfig, run_search
 
     data = write_colour_dataset(tmp_path / "data", {"red": 12, "green": 12})
     space = tmp_path / "tiny.yaml"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.conftest import write_colour_dataset
 from tests.test_study import TINY_SPACE
 from tlsearch.cli import app
-from tlsearch.study import SearchConfig, run_search
+from tlsearch.search import SearchConfig, run_search
 
 
 @pytest.fixture(scope="module")

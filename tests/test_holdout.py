@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import write_colour_dataset
 from tests.test_study import TINY_SPACE
-from tlsearch.study import SearchConfig, open_study, run_search
+from tlsearch.search import SearchConfig, open_study, run_search
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ def test_priors_from_one_study_start_the_next_and_a_file_carries_them(tmp_path):
     from tests.conftest import write_colour_dataset
     from tests.test_study import TINY_SPACE
     from tlsearch.cli import app
-    from tlsearch.study import load_config, open_study
+    from tlsearch.search import load_config, open_study
 
     data = write_colour_dataset(tmp_path / "data", {"red": 12, "green": 12})
     space = tmp_path / "tiny.yaml"

@@ -69,8 +69,9 @@ def _floor_study(tmp_path):
     """A study whose fine-tuned best has its floor check queued, run and recommended."""
     from tests.test_study import TINY_SPACE
     from tlsearch.recommend import recommend_trial
+    from tlsearch.search import MODEL_FILE, SearchConfig, open_study
+    from tlsearch.search._prepare import _enqueue_floor
     from tlsearch.strategy import Strategy
-    from tlsearch.study import MODEL_FILE, SearchConfig, _enqueue_floor, open_study
 
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1)
@@ -159,7 +160,7 @@ def test_select_1se_through_the_cli_is_saved_and_a_covered_floor_is_not_checked(
     from tests.conftest import write_colour_dataset
     from tests.test_study import TINY_SPACE
     from tlsearch.cli import app
-    from tlsearch.study import load_config, open_study
+    from tlsearch.search import load_config, open_study
 
     data = write_colour_dataset(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})
     space = tmp_path / "tiny.yaml"
@@ -187,8 +188,8 @@ def _blend_study(tmp_path):
     from tests.conftest import write_colour_dataset
     from tests.test_study import TINY_SPACE
     from tlsearch.data import make_split, scan
+    from tlsearch.search import MODEL_FILE, SearchConfig, open_study
     from tlsearch.strategy import Strategy
-    from tlsearch.study import MODEL_FILE, SearchConfig, open_study
     from tlsearch.train import TrialData, run_trial
 
     data = write_colour_dataset(tmp_path / "data", {"red": 20, "green": 20, "blue": 20})
@@ -224,7 +225,7 @@ def test_a_fine_tuned_recommendation_is_averaged_with_its_floor_on_test_and_in_e
     from tlsearch.holdout import blend_of, score_holdout
     from tlsearch.recommend import floor_partner
     from tlsearch.report import build_report
-    from tlsearch.study import SearchConfig, open_study
+    from tlsearch.search import SearchConfig, open_study
 
     handle, split = _blend_study(tmp_path)
     assert floor_partner(handle, 0) == 1 and floor_partner(handle, 1) is None
@@ -289,8 +290,9 @@ def test_a_head_only_solve_on_top_is_floor_checked_and_blended_with_the_exact_pr
     on test: a head-only top gets the exact probe (not another solve) as its floor."""
     from tests.test_study import TINY_SPACE
     from tlsearch.recommend import floor_partner
+    from tlsearch.search import MODEL_FILE, SearchConfig, open_study
+    from tlsearch.search._prepare import _enqueue_floor
     from tlsearch.strategy import Strategy
-    from tlsearch.study import MODEL_FILE, SearchConfig, _enqueue_floor, open_study
 
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1))

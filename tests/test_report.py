@@ -20,7 +20,7 @@ from tlsearch.report.context import (
     metric_value,
     pareto_front,
 )
-from tlsearch.study import SearchConfig, open_study, run_search
+from tlsearch.search import SearchConfig, open_study, run_search
 
 TINY_SPACE = STUDY_SPACE.format(head_epochs=2, finetune_epochs=1)
 

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import write_colour_dataset
 from tests.test_study import TINY_SPACE
 from tlsearch.report import build_report
-from tlsearch.study import SearchConfig, run_search
+from tlsearch.search import SearchConfig, run_search
 
 CHROMIUM = Path("/usr/bin/chromium")
 SPACE = TINY_SPACE.format(head_epochs=2, finetune_epochs=1)

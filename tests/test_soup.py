@@ -80,7 +80,7 @@ def test_export_soup_through_the_cli(tmp_path):
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import load_model_safely
-    from tlsearch.study import SearchConfig, run_search
+    from tlsearch.search import SearchConfig, run_search
 
     data = write_colour_dataset(tmp_path / "data", {"red": 15, "green": 15, "blue": 15})
     space = tmp_path / "tiny.yaml"

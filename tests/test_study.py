@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import write_colour_dataset
 from tlsearch.cli import app
-from tlsearch.study import SearchConfig, SearchError, run_search
+from tlsearch.search import SearchConfig, SearchError, run_search
 
 TINY_SPACE = """\
 name: tiny
@@ -164,7 +164,7 @@ def test_baselines_run_first_once_each_marked_and_unpruned(setup):
     import dataclasses
 
     from tlsearch.report import build_report
-    from tlsearch.study import open_study
+    from tlsearch.search import open_study
 
     tmp_path, data, space = setup
     config = _config(tmp_path, data, space, trials=6, pruner="median")
@@ -190,7 +190,7 @@ def test_baselines_run_first_once_each_marked_and_unpruned(setup):
 
 
 def test_ranking_and_keep_top_backbones_restrict_the_search(tmp_path):
-    from tlsearch.study import open_study
+    from tlsearch.search import open_study
 
     data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
     space = tmp_path / "two.yaml"
@@ -237,7 +237,7 @@ def test_constraints_limit_the_recommendation(setup):
 
 
 def test_no_rank_and_latency_limit(tmp_path):
-    from tlsearch.study import open_study
+    from tlsearch.search import open_study
 
     data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
     space = tmp_path / "two.yaml"
@@ -253,7 +253,7 @@ def test_no_rank_and_latency_limit(tmp_path):
 def test_two_workers_with_one_seed_draw_different_start_up_points():
     import optuna
 
-    from tlsearch.study import _make_sampler
+    from tlsearch.search._storage import _make_sampler
 
     storage = optuna.storages.InMemoryStorage()
     # Two workers: two study objects over one storage, each with its own sampler built
@@ -283,8 +283,9 @@ def test_a_fine_tuning_trial_meets_the_pruner_only_after_fine_tuning(
     import optuna
     from optuna.pruners import BasePruner
 
+    from tlsearch.search import pruning_offset
+    from tlsearch.search._optuna import _OptunaReporter
     from tlsearch.strategy import Strategy
-    from tlsearch.study import _OptunaReporter, pruning_offset
     from tlsearch.train import TrialPruned, run_trial
 
     strategy = Strategy(backbone="tiny_cnn", image_size=32, weights="none", head_epochs=2,

@@ -56,7 +56,7 @@ def test_export_records_the_decision_and_predict_applies_it(tmp_path):
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import load_exported
-    from tlsearch.study import SearchConfig, run_search
+    from tlsearch.search import SearchConfig, run_search
 
     data = write_colour_dataset(tmp_path / "data", {"red": 15, "green": 15})
     space = tmp_path / "tiny.yaml"

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tlsearch.cli import app
-from tlsearch.study import SearchConfig, SearchError, open_study
-from tlsearch.tuner import _HpTrial, run_keras_tuner
+from tlsearch.search import SearchConfig, SearchError, open_study, run_keras_tuner
+from tlsearch.search._tuner import _HpTrial
 
 
 def test_space_compiles_to_keras_tuner_hyperparameters(small_study):

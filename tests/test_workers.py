@@ -13,8 +13,7 @@ import pytest
 
 from tests.conftest import write_colour_dataset
 from tests.test_study import TINY_SPACE
-from tlsearch.study import SearchConfig, SearchError, open_study
-from tlsearch.workers import run_workers, threads_per_worker
+from tlsearch.search import SearchConfig, SearchError, open_study, run_workers, threads_per_worker
 
 
 def _config(tmp_path, data, space, **kw) -> SearchConfig:

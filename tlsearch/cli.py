@@ -71,7 +71,7 @@ def one_line_errors() -> Iterator[None]:
     except expected_errors() as exc:
         raise fail(one_line(exc)) from None
     except OSError as exc:
-        from tlsearch.study import DISK_ERRNOS
+        from tlsearch.search import DISK_ERRNOS
 
         if exc.errno not in DISK_ERRNOS:
             raise
@@ -253,15 +253,15 @@ def _rank(data_dir: Path, space: str, weights: str, seed: int, val_fraction: flo
     from tlsearch.duplicates import find_duplicates
     from tlsearch.features import FeatureCache
     from tlsearch.rank import rank_backbones
+    from tlsearch.search import SearchConfig, SearchError, default_cache_dir, held_out_fraction
     from tlsearch.space import load_space
-    from tlsearch.study import SearchConfig, SearchError, _test_fraction, default_cache_dir
     from tlsearch.train import TrialData
 
     loaded = load_space(space, known_backbones=set(iter_names(include_test=True)))
     index = scan(data_dir, progress=False)
     # The split a search with these options makes: its test part is never looked at.
     split = make_split(index, val_fraction=val_fraction, seed=seed,
-                       test_fraction=_test_fraction(SearchConfig(str(data_dir),
+                       test_fraction=held_out_fraction(SearchConfig(str(data_dir),
                                                                  test_fraction=None), index),
                        groups=find_duplicates(index).groups())
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -284,7 +284,7 @@ def _pruner_for(pruner: Pruner | None, engine: Engine, kt_oracle: KtOracle) -> s
     """The pruner asked for, or the engine's own: KerasTuner's oracles schedule early
     stopping themselves, so only the matching value is accepted there."""
     if engine is Engine.keras_tuner:
-        from tlsearch.tuner import ORACLE_PRUNER
+        from tlsearch.search import ORACLE_PRUNER
 
         own = ORACLE_PRUNER[kt_oracle.value]
         if pruner is not None and pruner.value != own:
@@ -387,7 +387,7 @@ def search(
              "fine-tune that won on validation by luck cannot sink below the probe.")] = True,
 ) -> None:
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
-    from tlsearch.study import SearchConfig
+    from tlsearch.search import SearchConfig
 
     if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
         raise fail(f"--weights {weights!r}: not imagenet, none, auto or an existing file")
@@ -429,13 +429,13 @@ def resume(
     """Continue a study with the settings it was started with."""
     import dataclasses
 
-    from tlsearch.study import load_config
+    from tlsearch.search import load_config
 
     with one_line_errors():
         config = load_config(out / study)
     config = dataclasses.replace(config, out=str(out), **({"trials": trials} if trials else {}))
     if config.engine == "keras-tuner":  # a study saved before the oracle's pruner was recorded
-        from tlsearch.tuner import ORACLE_PRUNER
+        from tlsearch.search import ORACLE_PRUNER
 
         config = dataclasses.replace(config, pruner=ORACLE_PRUNER[config.kt_oracle])
     if workers > 1 and not isolate:
@@ -459,7 +459,7 @@ def _write_report(config) -> None:
 def _score_holdout(config):
     """The recommendation and the baselines on the held-out test split (once each)."""
     from tlsearch.holdout import score_holdout
-    from tlsearch.study import open_study
+    from tlsearch.search import open_study
 
     with console.status("Scoring the recommendation on the held-out test split..."):
         return score_holdout(open_study(config, create=False))
@@ -491,7 +491,7 @@ def _quiet_libraries() -> None:
 
 def _run(config, workers: int = 1, *, isolate: bool = True) -> None:
     from tlsearch.progress import SearchProgress
-    from tlsearch.study import SearchError, run_search
+    from tlsearch.search import SearchError, run_search
 
     _quiet_libraries()
     progress = SearchProgress(console, total=config.trials)
@@ -502,12 +502,12 @@ def _run(config, workers: int = 1, *, isolate: bool = True) -> None:
                     raise SearchError("--engine keras-tuner runs one worker (KerasTuner's "
                                       "own parallel mode needs its gRPC chief); use the "
                                       "optuna engine for --workers")
-                from tlsearch.tuner import run_keras_tuner
+                from tlsearch.search import run_keras_tuner
 
                 outcome = run_keras_tuner(config, oracle=config.kt_oracle,
                                           on_event=progress.event)
             elif isolate:
-                from tlsearch.workers import run_workers
+                from tlsearch.search import run_workers
 
                 outcome = run_workers(config, workers, on_event=progress.event)
             else:
@@ -534,7 +534,7 @@ def status(
     import dataclasses
 
     from tlsearch.progress import render_status
-    from tlsearch.study import load_config, open_study, study_summary
+    from tlsearch.search import load_config, open_study, study_summary
 
     _quiet_warnings()
 

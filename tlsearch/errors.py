@@ -18,8 +18,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from tlsearch.demo import DemoDataError
     from tlsearch.export import ExportError
     from tlsearch.priors import PriorError
+    from tlsearch.search import SearchError
     from tlsearch.space import SpaceError
-    from tlsearch.study import SearchError
 
     return (SearchError, SpaceError, DatasetError, WeightsError, UnknownBackboneError,
             ExportError, DemoDataError, PriorError)

@@ -75,7 +75,7 @@ def load_model_safely(path: Path) -> Any:
 def _pick_trial(handle: Any, trial: int | None) -> Any:
     from optuna.trial import TrialState
 
-    from tlsearch.study import study_summary
+    from tlsearch.search import study_summary
 
     trials = handle.study.get_trials(deepcopy=False)
     if trial is None:  # the recommended trial: the one status and the report name
@@ -124,8 +124,8 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         model's own held-out test score, measured once after every choice is made).
     """
     from tlsearch.data import RESIZE_METHOD, Split
+    from tlsearch.search import SPLIT_FILE, load_config, open_study
     from tlsearch.strategy import Strategy
-    from tlsearch.study import SPLIT_FILE, load_config, open_study
 
     if retrain not in ("none", "train+val"):
         raise ExportError(f"--retrain must be none or train+val, got {retrain!r}")

@@ -134,7 +134,7 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
 
     from tlsearch.data import Split
     from tlsearch.report.context import bootstrap_interval
-    from tlsearch.study import SPLIT_FILE, study_summary
+    from tlsearch.search import SPLIT_FILE, study_summary
     from tlsearch.train import compute_metrics
 
     split = Split.load(handle.dir / SPLIT_FILE)

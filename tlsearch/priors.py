@@ -47,7 +47,7 @@ class Prior:
 def _from_study(study_dir: Path, top: int) -> list[Prior]:
     from optuna.trial import TrialState
 
-    from tlsearch.study import load_config, open_study
+    from tlsearch.search import load_config, open_study
 
     try:
         config = load_config(study_dir)

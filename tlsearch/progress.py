@@ -196,7 +196,7 @@ def render_status(console: Console, summary: dict[str, Any], config: Any) -> Non
         for f in summary["failures"]:
             failures.add_row(str(f["number"]), escape(f["reason"]), escape(f["detail"][:100]))
         console.print(failures)
-    from tlsearch.study import hide_password
+    from tlsearch.search import hide_password
 
     where = hide_password(config.storage) if config.storage else config.study_dir / "journal.log"
     console.print(f"The storage opens in optuna-dashboard too: optuna-dashboard "

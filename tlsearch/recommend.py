@@ -118,7 +118,7 @@ def recommend_trial(handle: object, rule: str | None = None) -> Selection | None
 
     from tlsearch import kept
     from tlsearch.data import DatasetError, Split
-    from tlsearch.study import SPLIT_FILE, meets_constraints
+    from tlsearch.search import SPLIT_FILE, meets_constraints
 
     study, config = handle.study, handle.config  # type: ignore[attr-defined]
     eligible = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.reliability.helpers import tiny_search
-from tlsearch.study import SearchConfig, open_study
-from tlsearch.workers import run_workers
+from tlsearch.search import SearchConfig, open_study, run_workers
 
 pytestmark = pytest.mark.reliability
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers_images import malformed_corpus
 from tests.reliability.helpers import tiny_search
-from tlsearch.study import SearchConfig, run_search
+from tlsearch.search import SearchConfig, run_search
 
 pytestmark = pytest.mark.reliability
 

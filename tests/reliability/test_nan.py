@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from tests.reliability.helpers import tiny_search
 from tlsearch.cli import app
-from tlsearch.study import SearchConfig, open_study, run_search
+from tlsearch.search import SearchConfig, open_study, run_search
 
 pytestmark = pytest.mark.reliability
 
@@ -31,7 +31,7 @@ def test_some_trials_diverge_the_search_finishes(tmp_path, figures):
 
 
 def test_every_trial_diverging_stops_with_a_clear_message(tmp_path, figures, monkeypatch):
-    import tlsearch.study as study_module
+    import tlsearch.search as study_module
 
     _, studies, _ = tiny_search(tmp_path, head_epochs=1, finetune_epochs=1)
     real = study_module.run_search

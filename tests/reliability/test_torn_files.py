@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.reliability.helpers import load_study, tiny_search
-from tlsearch.study import SearchConfig, SearchError, open_study, run_search
+from tlsearch.search import SearchConfig, SearchError, open_study, run_search
 
 pytestmark = pytest.mark.reliability
 

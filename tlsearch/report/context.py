@@ -227,8 +227,8 @@ class _Loaded:
 
 
 def _load(study_dir: Path) -> _Loaded:
+    from tlsearch.search import SearchError, load_config, open_study
     from tlsearch.space import SpaceError
-    from tlsearch.study import SearchError, load_config, open_study
 
     study_dir = Path(study_dir)
     # The folder as given wins over the `out` recorded when the study was created,
@@ -265,7 +265,7 @@ def _load(study_dir: Path) -> _Loaded:
 def _open_without_space(config: Any, exc: Exception, notes: list[str]) -> Any:
     import optuna
 
-    from tlsearch.study import SearchError, StudyHandle, make_storage
+    from tlsearch.search import SearchError, StudyHandle, make_storage
 
     try:
         study = optuna.load_study(study_name=config.study,
@@ -1484,7 +1484,7 @@ def _pixels(pixels: dict[str, Any] | None, best: dict[str, Any] | None,
 
 def _constraints(config: Any, complete: list[dict[str, Any]]) -> dict[str, Any]:
     """Mark each complete trial `eligible` under --max-latency-ms / --max-params."""
-    from tlsearch.study import meets_constraints
+    from tlsearch.search import meets_constraints
 
     for t in complete:
         t["eligible"] = meets_constraints(config, t["latency_ms"], t["params_total"])

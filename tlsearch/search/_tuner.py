@@ -22,7 +22,13 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ORACLES", "ORACLE_PRUNER", "register_space", "run_keras_tuner"]
+from tlsearch.atomic import write_json
+from tlsearch.search._config import SearchConfig, SearchError
+from tlsearch.search._optuna import run_search
+from tlsearch.search._prepare import prepare_search
+from tlsearch.search._recorder import TrialRecorder, disk_error, disk_failure, optuna_state
+from tlsearch.search._storage import _finished_count, _max_steps
+from tlsearch.search._summary import SearchOutcome, study_summary
 
 ORACLES = ("hyperband", "bayesian")
 #: What stops trials early under each oracle, in `--pruner` terms: Hyperband brackets
@@ -106,8 +112,8 @@ def _oracle(kind: str, config: Any, max_epochs: int) -> Any:
     raise ValueError(f"unknown KerasTuner oracle {kind!r}; choose one of {', '.join(ORACLES)}")
 
 
-def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
-                    on_event: Callable[[str, dict], None] | None = None) -> Any:
+def run_keras_tuner(config: SearchConfig, *, oracle: str = "hyperband",
+                    on_event: Callable[[str, dict], None] | None = None) -> SearchOutcome:
     """Run (or resume) a KerasTuner-driven search; returns a `SearchOutcome`.
 
     `config.timeout` is honoured as by the Optuna engine: no trial starts after it.
@@ -120,20 +126,6 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
     from optuna.trial import TrialState
 
     from tlsearch.strategy import Strategy
-    from tlsearch.study import (
-        DISK_ERRNOS,
-        SearchError,
-        SearchOutcome,
-        _finished_count,
-        _keep_model_if_top,
-        _max_steps,
-        _record_attrs,
-        _save_result,
-        _write_json,
-        prepare_search,
-        run_search,
-        study_summary,
-    )
     from tlsearch.train import TrialPruned, run_trial
 
     if config.pruner != ORACLE_PRUNER[oracle]:
@@ -144,6 +136,7 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
     started = time.monotonic()
     emit = on_event or (lambda kind, info: None)
     prepared = prepare_search(config, emit)
+    recorder = TrialRecorder(prepared.handle, emit)
     handle, space = prepared.handle, prepared.space
     study = handle.study
     metric = prepared.metric
@@ -179,7 +172,7 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
                 strategy = Strategy.from_dict(saved)
                 if (parent_dir / "checkpoint").exists() and not (run_dir / "checkpoint").exists():
                     shutil.copytree(parent_dir / "checkpoint", run_dir / "checkpoint")
-            _write_json(run_dir / "strategy.json", strategy.to_dict())
+            write_json(run_dir / "strategy.json", strategy.to_dict())
             number_hint = trial.trial_id
             emit("trial_start", {"number": f"kt-{number_hint}", "strategy": strategy,
                                  "finished": _finished_count(study), "total": config.trials,
@@ -195,12 +188,10 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
             except TrialPruned:
                 state = "pruned"
             except OSError as exc:
-                if exc.errno not in DISK_ERRNOS:
+                if disk_failure(exc) is None:
                     raise
                 # Not a bad trial but a full or read-only disk: stop the whole search.
-                raise kt.errors.FatalError(
-                    f"{exc.strerror} ({exc.filename}): free space or fix permissions, then "
-                    "re-run the same command to resume") from None
+                raise kt.errors.FatalError(str(disk_error(exc))) from None
             if result is not None and result.state == "failed":
                 state = "failed"
             value = (result.objective if state == "complete" else
@@ -219,34 +210,21 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
             params = {k: v for k, v in suggested.items() if k in distributions}
             attrs = {"strategy": strategy.to_dict(), "kt_trial_id": kt_id,
                      "engine": "keras-tuner", "kt_budget": budget}
-            if state == "failed":
-                attrs.update(failure_reason=result.failure_reason,
-                             failure_detail=result.failure_detail[:500])
-            elif state == "complete":
-                # A finished trial's attributes cannot change: collect them first.
-                _record_attrs(_AttrCollector(attrs), result)
+            if result is not None:
+                # A finished trial's attributes cannot change: all of them go in at once.
+                attrs.update(recorder.attributes(result))
             frozen = optuna.trial.create_trial(
-                state={"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
-                       "failed": TrialState.FAIL}[state],
+                state=optuna_state(state),
                 value=float(value) if state == "complete" else None,
                 params=params, distributions={k: distributions[k] for k in params},
                 user_attrs=attrs, intermediate_values=dict(values))
             study.add_trial(frozen)
             number = study.get_trials(deepcopy=False)[-1].number
             mirrored.add(kt_id)
-            tdir = handle.trial_dir(number)
-            tdir.mkdir(parents=True, exist_ok=True)
-            if result is not None:
-                _save_result(tdir, result)
-                if state == "complete":
-                    _keep_model_if_top(handle, number, result)
-            else:
-                _write_json(tdir / "result.json", {"state": state,
-                                                   "strategy": strategy.to_dict()})
-            emit("trial_end", {"number": number, "state": state,
-                               "value": value if state == "complete" else None,
-                               "reason": attrs.get("failure_reason"),
-                               "seconds": result.timings.get("total") if result else None})
+            recorder.write(number, strategy, result=result)
+            if state == "complete":
+                recorder.keep_if_top(number, result)
+            recorder.ended(number, state, result, value=value)
 
         def save_model(self, trial_id: str, model: Any, step: int = 0) -> None:
             pass  # models are kept by the mirror (top trials), as in the Optuna engine
@@ -286,12 +264,3 @@ def run_keras_tuner(config: Any, *, oracle: str = "hyperband",
                          stopped=outer["stopped"], study_dir=handle.dir,
                          selection=summary["selection"])
 
-
-class _AttrCollector:
-    """Looks like a trial to the shared attribute writer; keeps what it is given."""
-
-    def __init__(self, attrs: dict[str, Any]) -> None:
-        self.attrs = attrs
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        self.attrs[key] = value

@@ -22,7 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tlsearch.study import SearchConfig, SearchError, SearchOutcome, _process_start
+from tlsearch.search._config import SearchConfig, SearchError
+from tlsearch.search._optuna import MAX_CONSECUTIVE_FAILURES
+from tlsearch.search._prepare import prepare_split
+from tlsearch.search._recovery import _process_start, fail_crashed_trials
+from tlsearch.search._storage import open_study
+from tlsearch.search._summary import SearchOutcome, study_summary
 
 __all__ = ["run_workers", "signal_name", "threads_per_worker"]
 
@@ -55,7 +60,7 @@ def _worker_main(config_json: str, worker: int, threads: int, events: Any,
     from tlsearch.native import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from tlsearch.study import run_search
+    from tlsearch.search._optuna import run_search
 
     def send(kind: str, info: dict[str, Any]) -> None:
         info = dict(info, worker=worker)
@@ -121,13 +126,6 @@ def run_workers(config: SearchConfig, workers: int = 1, *,
         nan_at_step, crash_trials: test hooks passed to each worker's `run_search`.
     """
     from tlsearch.strategy import Strategy
-    from tlsearch.study import (
-        MAX_CONSECUTIVE_FAILURES,
-        fail_crashed_trials,
-        open_study,
-        prepare_split,
-        study_summary,
-    )
 
     if workers < 1:
         raise SearchError(f"--workers must be at least 1, got {workers}")
