@@ -220,3 +220,21 @@ def test_a_search_prints_no_library_chatter(tmp_path):
                          r"tensorflow/|Traceback")
     noisy = [line for line in (done.stdout + done.stderr).splitlines() if chatter.search(line)]
     assert not noisy, noisy
+
+
+def test_a_bad_weights_value_is_one_line_for_every_command_that_takes_it(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for command in ("search", "rank"):
+        result = CliRunner().invoke(app, [command, str(data), "--weights", "nope.h5"])
+        _one_line_error(result, "--weights 'nope.h5': not imagenet, none, auto or an existing")
+
+
+def test_every_choice_flag_offers_what_the_library_defines():
+    from tlsearch.cli import Engine, KtOracle, Metric, Pruner
+    from tlsearch.metrics import OBJECTIVES
+    from tlsearch.search import ENGINES, ORACLES, PRUNERS
+
+    for choice, values in ((Pruner, PRUNERS), (Engine, ENGINES), (KtOracle, ORACLES),
+                           (Metric, OBJECTIVES)):
+        assert [c.value for c in choice] == list(values)

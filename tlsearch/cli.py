@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -19,6 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tlsearch.demo import KINDS
+from tlsearch.metrics import OBJECTIVES
+from tlsearch.rank import RANKERS
+from tlsearch.recommend import RULES
+from tlsearch.search import ENGINES, ORACLES, PRUNERS
+
 app = typer.Typer(
     name="tlsearch",
     help="Find which pretrained backbone to fine-tune on your images, and exactly how.",
@@ -28,6 +34,20 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """A Typer choice type whose members are `values`, named once in the library."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Pruner = _choices("Pruner", PRUNERS)
+Engine = _choices("Engine", ENGINES)
+KtOracle = _choices("KtOracle", ORACLES)
+Ranker = _choices("Ranker", RANKERS)
+Select = _choices("Select", RULES)
+Metric = _choices("Metric", OBJECTIVES)
+DemoKind = _choices("DemoKind", KINDS)
 
 
 def _version(value: bool) -> None:
@@ -80,11 +100,6 @@ def one_line_errors() -> Iterator[None]:
                    "--cache-dir/--out), then re-run the same command to resume") from None
 
 
-class DemoKind(str, Enum):
-    textures = "textures"
-    digits = "digits"
-
-
 @app.command("demo-data")
 def demo_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the demo dataset into.")],
@@ -93,7 +108,7 @@ def demo_data(
     kind: Annotated[DemoKind, typer.Option(
         help="textures: tiles of real photos shipped with scikit-image, where pretrained "
              "features matter (make demo's); digits: scikit-learn's digits, easy for raw "
-             "pixels.")] = DemoKind.textures,
+             "pixels.")] = DemoKind["textures"],
 ) -> None:
     """Write a built-in demo dataset (imbalanced, no download)."""
     from tlsearch.demo import DemoDataError, write_demo_data
@@ -167,41 +182,12 @@ def backbones(
                   f"first use into {escape(str(keras_models_dir()))}.")
 
 
-class Pruner(str, Enum):
-    hyperband = "hyperband"
-    median = "median"
-    sha = "sha"
-    none = "none"
 
 
-class Engine(str, Enum):
-    optuna = "optuna"
-    keras_tuner = "keras-tuner"
-
-
-class KtOracle(str, Enum):
-    hyperband = "hyperband"
-    bayesian = "bayesian"
-
-
-class Ranker(str, Enum):  # the names of tlsearch.rank.RANKERS (a test keeps them equal)
-    logme = "logme"
-    knn = "knn"
-    hscore = "hscore"
-    sfda = "sfda"
-    probe = "probe"
-    size = "size"
-
-
-class Select(str, Enum):  # the names of tlsearch.recommend.RULES (a test keeps them equal)
-    best = "best"
-    one_se = "1se"
-
-
-class Metric(str, Enum):
-    balanced_accuracy = "balanced_accuracy"
-    accuracy = "accuracy"
-    macro_f1 = "macro_f1"
+def _weights_option(value: str) -> str:
+    if value not in ("imagenet", "none", "auto") and not Path(value).is_file():
+        raise fail(f"--weights {value!r}: not imagenet, none, auto or an existing file")
+    return value
 
 
 def _positive_timeout(value: float | None) -> float | None:
@@ -215,6 +201,7 @@ def rank_command(
     data_dir: DataDir,
     space: Annotated[str, typer.Option(help="Bundled space name or a YAML path.")] = "quick",
     weights: Annotated[str, typer.Option(
+        callback=_weights_option,
         help="imagenet, none, auto or a weights file path.")] = "imagenet",
     seed: Annotated[int, typer.Option(help="Seed for the split.")] = 0,
     val_fraction: Annotated[float, typer.Option(min=0.05, max=0.9,
@@ -224,14 +211,18 @@ def rank_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as JSON.")] = False,
     ranker: Annotated[Ranker, typer.Option(
-        help="Which score orders the table (every score is shown).")] = Ranker.probe,
+        help="Which score orders the table (every score is shown).")] = Ranker["probe"],
 ) -> None:
     """Rank the space's backbones on frozen features by six rankers, without training."""
-    if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
-        raise fail(f"--weights {weights!r}: not imagenet, none, auto or an existing file")
     _quiet_libraries()
     with one_line_errors():
-        rows = _rank(data_dir, space, weights, seed, val_fraction, cache_dir, ranker.value)
+        from tlsearch.search import rank_data
+
+        with console.status("Running each frozen backbone over the training images..."):
+            rows = rank_data(data_dir, space=space, weights=weights, seed=seed,
+                             val_fraction=val_fraction, cache_dir=cache_dir,
+                             ranker=ranker.value, notify=lambda message: err_console.print(
+                                 f"[yellow]note:[/] {escape(message)}"))
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
         return
@@ -246,44 +237,10 @@ def rank_command(
     console.print(table)
 
 
-def _rank(data_dir: Path, space: str, weights: str, seed: int, val_fraction: float,
-          cache_dir: Path | None, ranker: str = "probe") -> list:
-    from tlsearch.backbones import get_spec, iter_names, resolve_auto_weights
-    from tlsearch.data import make_split, scan
-    from tlsearch.duplicates import find_duplicates
-    from tlsearch.features import FeatureCache
-    from tlsearch.rank import rank_backbones
-    from tlsearch.search import SearchConfig, SearchError, default_cache_dir, held_out_fraction
-    from tlsearch.space import load_space
-    from tlsearch.train import TrialData
-
-    loaded = load_space(space, known_backbones=set(iter_names(include_test=True)))
-    index = scan(data_dir, progress=False)
-    # The split a search with these options makes: its test part is never looked at.
-    split = make_split(index, val_fraction=val_fraction, seed=seed,
-                       test_fraction=held_out_fraction(SearchConfig(str(data_dir),
-                                                                 test_fraction=None), index),
-                       groups=find_duplicates(index).groups())
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    pairs = []
-    for name, size in loaded.backbone_sizes():
-        chosen = resolve_auto_weights(get_spec(name), size) if weights == "auto" else weights
-        if chosen is None:
-            err_console.print(f"[yellow]note:[/] {name}: no weights available offline; left out")
-            continue
-        pairs.append((name, size, chosen))
-    if not pairs:
-        raise SearchError("no backbone in the space has usable weights")
-    data = TrialData.from_split(data_dir, split, cache)
-    with console.status("Running each frozen backbone over the training images..."):
-        return rank_backbones(pairs, data, FeatureCache(cache), seed=seed, ranker=ranker,
-                              every=True)
-
-
 def _pruner_for(pruner: Pruner | None, engine: Engine, kt_oracle: KtOracle) -> str:
     """The pruner asked for, or the engine's own: KerasTuner's oracles schedule early
     stopping themselves, so only the matching value is accepted there."""
-    if engine is Engine.keras_tuner:
+    if engine.value == "keras-tuner":
         from tlsearch.search import ORACLE_PRUNER
 
         own = ORACLE_PRUNER[kt_oracle.value]
@@ -292,7 +249,7 @@ def _pruner_for(pruner: Pruner | None, engine: Engine, kt_oracle: KtOracle) -> s
                        f"{kt_oracle.value} oracle stops trials itself (--pruner {own}); use "
                        "--engine optuna for other pruners")
         return own
-    return (pruner or Pruner.hyperband).value
+    return pruner.value if pruner else PRUNERS[0]
 
 
 @app.command()
@@ -314,6 +271,7 @@ def search(
     metric: Annotated[Metric | None, typer.Option(
         help="Objective metric (default: the space's, usually balanced_accuracy).")] = None,
     weights: Annotated[str, typer.Option(
+        callback=_weights_option,
         help="imagenet (Keras download/cache), none (random init), auto (ImageNet when "
              "available, else the bundled weights) or a path to a weights file.")] = "imagenet",
     seed: Annotated[int, typer.Option(help="Seed for the split, the sampler and training.")] = 0,
@@ -349,7 +307,7 @@ def search(
         help="What ranks the backbones before training: logme, knn (cross-validated "
              "k-NN), hscore, sfda (Fisher discriminant), probe (logistic regression) or size "
              "(compute).")
-    ] = Ranker.probe,
+    ] = Ranker["probe"],
     keep_top_backbones: Annotated[int | None, typer.Option(
         min=1, help="Search only the K backbone/size pairs ranked best by --ranker.")] = None,
     baselines: Annotated[bool, typer.Option(
@@ -361,9 +319,9 @@ def search(
         min=1, help="Recommend only models with at most this many parameters.")] = None,
     engine: Annotated[Engine, typer.Option(
         help="Who picks the trials: Optuna (TPE + --pruner) or KerasTuner's oracle "
-             "(--kt-oracle) driving the same engine.")] = Engine.optuna,
+             "(--kt-oracle) driving the same engine.")] = Engine["optuna"],
     kt_oracle: Annotated[KtOracle, typer.Option(
-        help="KerasTuner oracle for --engine keras-tuner.")] = KtOracle.hyperband,
+        help="KerasTuner oracle for --engine keras-tuner.")] = KtOracle["hyperband"],
     isolate: Annotated[bool, typer.Option(
         help="Train in supervised worker processes, so that a trial that crashes natively "
              "(SIGSEGV, SIGABRT, out of memory) is a failed trial, not the end of the "
@@ -378,7 +336,7 @@ def search(
         help="How the recommendation is chosen: best, the top validation score, or 1se, "
              "the trial with the fewest trained parameters within one standard error of "
              "it. Either way the budget's last trial checks the linear probe on the top "
-             "trial's backbone.")] = Select.best,
+             "trial's backbone.")] = Select["best"],
     blend_floor: Annotated[bool, typer.Option(
         "--blend-floor/--no-blend-floor",
         help="When the recommended trial fine-tunes, recommend (score on test, export) the "
@@ -389,9 +347,7 @@ def search(
     """Search transfer strategies on DATA_DIR; re-run the same command to resume."""
     from tlsearch.search import SearchConfig
 
-    if weights not in ("imagenet", "none", "auto") and not Path(weights).is_file():
-        raise fail(f"--weights {weights!r}: not imagenet, none, auto or an existing file")
-    if prior and engine is Engine.keras_tuner:
+    if prior and engine.value == "keras-tuner":
         raise fail("--prior needs --engine optuna (KerasTuner's oracles take no queued trials)")
     if prior:
         from tlsearch.priors import load_priors

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["epoch_scores", "metric_value"]
+__all__ = ["OBJECTIVES", "epoch_scores", "metric_value"]
+
+#: The scores a search can maximise (`objective:` in a space, `--metric`).
+OBJECTIVES = ("balanced_accuracy", "accuracy", "macro_f1")
 
 
 def metric_value(name: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import optuna
 import yaml
 
+from tlsearch.metrics import OBJECTIVES
 from tlsearch.strategy import (
     ALL_BLOCKS,
     AUGMENTATIONS,
@@ -55,7 +56,6 @@ __all__ = [
 ]
 
 #: Metrics a space may ask the study to maximise.
-OBJECTIVES = ("balanced_accuracy", "accuracy", "macro_f1")
 
 #: Parameters sampled only when `unfreeze_blocks != 0` (`gradual` also needs > 1 block).
 CONDITIONAL_PARAMS = ("gradual", "bn_mode", "backbone_lr_ratio", "finetune_epochs")

@@ -16,6 +16,7 @@ and admission lock), `_recovery` (heartbeats, dead and crashed trials, retries),
 """
 
 from tlsearch.search._config import (
+    ENGINES,
     SPLIT_FILE,
     SearchConfig,
     SearchError,
@@ -24,7 +25,13 @@ from tlsearch.search._config import (
     meets_constraints,
 )
 from tlsearch.search._optuna import pruning_offset, run_search
-from tlsearch.search._prepare import held_out_fraction, prepare_search, prepare_split
+from tlsearch.search._prepare import (
+    held_out_fraction,
+    prepare_search,
+    prepare_split,
+    rank_data,
+    study_split,
+)
 from tlsearch.search._recorder import DISK_ERRNOS, MODEL_FILE
 from tlsearch.search._recovery import fail_crashed_trials
 from tlsearch.search._storage import (
@@ -41,6 +48,7 @@ from tlsearch.search._workers import run_workers, signal_name, threads_per_worke
 
 __all__ = [
     "DISK_ERRNOS",
+    "ENGINES",
     "MODEL_FILE",
     "ORACLES",
     "ORACLE_PRUNER",
@@ -60,12 +68,14 @@ __all__ = [
     "open_study",
     "prepare_search",
     "prepare_split",
+    "rank_data",
     "pruning_offset",
     "run_keras_tuner",
     "run_search",
     "run_workers",
     "signal_name",
     "storage_url_with_driver",
+    "study_split",
     "study_summary",
     "threads_per_worker",
 ]

@@ -13,6 +13,8 @@ CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
 SPACE_FILE = "space.json"
 JOURNAL_FILE = "journal.log"
+#: What proposes the trials: Optuna's sampler and pruner, or a KerasTuner oracle.
+ENGINES = ("optuna", "keras-tuner")
 
 
 class SearchError(RuntimeError):
@@ -54,7 +56,7 @@ class SearchConfig:
     baselines: bool = True
     max_latency_ms: float | None = None
     max_params: int | None = None
-    engine: str = "optuna"  # or "keras-tuner"
+    engine: str = ENGINES[0]  # one of ENGINES
     kt_oracle: str = "hyperband"  # KerasTuner's oracle: hyperband or bayesian
     #: A supervised worker whose resident memory passes this many MB after a trial is
     #: replaced by a fresh one (None: never).

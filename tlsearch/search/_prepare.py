@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from tlsearch import kept
-from tlsearch.search._config import SPLIT_FILE, SearchConfig, SearchError, meets_constraints
+from tlsearch.search._config import (
+    SPLIT_FILE,
+    SearchConfig,
+    SearchError,
+    default_cache_dir,
+    meets_constraints,
+)
 from tlsearch.search._storage import StudyHandle, _admission, _space_high, open_study
 
 
@@ -59,21 +65,15 @@ def prepare_split(handle: StudyHandle) -> tuple[Any, Any]:
     Its digest is also kept in the storage: a worker on another machine (with its own
     study folder) recomputes the split and refuses to join if it came out different.
     """
-    from tlsearch.data import DatasetError, Split, make_split, scan
+    from tlsearch.data import Split, scan
 
     config = handle.config
     index = scan(Path(config.data_dir), progress=False)
     split_path = handle.dir / SPLIT_FILE
 
     def fresh() -> Any:
-        from tlsearch.duplicates import find_duplicates
-
-        try:  # exact and near duplicates stay on one side: no copy of a test image trains
-            made = make_split(index, val_fraction=config.val_fraction,
-                              test_fraction=held_out_fraction(config, index), seed=config.seed,
-                              groups=find_duplicates(index).groups())
-        except DatasetError as exc:
-            raise SearchError(str(exc)) from None
+        made = study_split(index, val_fraction=config.val_fraction,
+                           test_fraction=held_out_fraction(config, index), seed=config.seed)
         made.save(split_path)
         return made
 
@@ -97,6 +97,52 @@ def prepare_split(handle: StudyHandle) -> tuple[Any, Any]:
             "machine's copy differs, or other --val-fraction/--seed); use the same dataset "
             "copy and options on every machine")
     return index, split
+
+def study_split(index: Any, *, val_fraction: float, test_fraction: float, seed: int) -> Any:
+    """The split a study makes of `index`: exact and near duplicates stay on one side,
+    so no copy of a test image trains."""
+    from tlsearch.data import DatasetError, make_split
+    from tlsearch.duplicates import find_duplicates
+
+    try:
+        return make_split(index, val_fraction=val_fraction, test_fraction=test_fraction,
+                          seed=seed, groups=find_duplicates(index).groups())
+    except DatasetError as exc:
+        raise SearchError(str(exc)) from None
+
+
+def rank_data(data_dir: Path, *, space: str, weights: str, seed: int, val_fraction: float,
+              cache_dir: Path | None, ranker: str = "probe",
+              notify: Callable[[str], None] = lambda message: None) -> list[Any]:
+    """`tlsearch rank`: every ranker's scores for the space's backbone/size pairs, on the
+    training part of the split a search with these options makes (its test part is
+    never looked at), without a study."""
+    from tlsearch.backbones import get_spec, iter_names, resolve_auto_weights
+    from tlsearch.data import scan
+    from tlsearch.features import FeatureCache
+    from tlsearch.rank import rank_backbones
+    from tlsearch.space import load_space
+    from tlsearch.train import TrialData
+
+    loaded = load_space(space, known_backbones=set(iter_names(include_test=True)))
+    index = scan(Path(data_dir), progress=False)
+    config = SearchConfig(str(data_dir), test_fraction=None)
+    split = study_split(index, val_fraction=val_fraction, seed=seed,
+                        test_fraction=held_out_fraction(config, index))
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    pairs = []
+    for name, size in loaded.backbone_sizes():
+        chosen = resolve_auto_weights(get_spec(name), size) if weights == "auto" else weights
+        if chosen is None:
+            notify(f"{name}: no weights available offline; left out")
+            continue
+        pairs.append((name, size, chosen))
+    if not pairs:
+        raise SearchError("no backbone in the space has usable weights")
+    data = TrialData.from_split(Path(data_dir), split, cache)
+    return rank_backbones(pairs, data, FeatureCache(cache), seed=seed, ranker=ranker,
+                          every=True)
+
 
 def _split_digest(split: Any) -> str:
     import hashlib
