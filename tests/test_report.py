@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import write_colour_dataset
 from tests.test_study import TINY_SPACE as STUDY_SPACE
+from tlsearch import faults
 from tlsearch.report import build_report
 from tlsearch.report.context import (
     bootstrap_interval,
@@ -130,7 +131,8 @@ def test_study_without_completed_trials_renders(tmp_path):
     empty = build_report(config.study_dir, tmp_path / "empty.html").read_text()
     assert "No completed trial yet" in empty
     assert len(empty) < 200_000
-    outcome = run_search(config, nan_at_step=1)  # the only trial fails (NaN loss)
+    with faults.inject(nan_at_step=1):  # the only trial fails (NaN loss)
+        outcome = run_search(config)
     assert outcome.best is None
     failed = build_report(config.study_dir, tmp_path / "failed.html").read_text()
     assert "No completed trial yet" in failed

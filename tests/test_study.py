@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import write_colour_dataset
+from tlsearch import faults
 from tlsearch.cli import app
 from tlsearch.search import SearchConfig, SearchError, run_search
 
@@ -85,8 +86,8 @@ def test_changed_dataset_or_space_is_refused(setup):
 def test_nan_trials_fail_and_the_search_stops(setup):
     tmp_path, data, space = setup
     # No baselines: the linear_probe baseline trains no epochs, so no loss can turn NaN.
-    outcome = run_search(_config(tmp_path, data, space, trials=10, baselines=False),
-                         nan_at_step=1)
+    with faults.inject(nan_at_step=1):
+        outcome = run_search(_config(tmp_path, data, space, trials=10, baselines=False))
     assert outcome.stopped == "all_failed" and outcome.best is None
     assert outcome.counts == {"fail": 5}
 

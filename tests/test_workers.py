@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import write_colour_dataset
 from tests.test_study import TINY_SPACE
+from tlsearch import faults
 from tlsearch.search import SearchConfig, SearchError, open_study, run_workers, threads_per_worker
 
 
@@ -118,8 +119,8 @@ def test_a_trial_that_crashes_natively_does_not_end_the_search(small_study, work
     tmp_path, data, space = small_study
     config = _config(tmp_path, data, space, trials=4, study=f"crash-{workers}-{how}")
     events = []
-    outcome = run_workers(config, workers, crash_trials={1: how},
-                          on_event=lambda k, i: events.append((k, i)))
+    with faults.inject(crash_trials={1: how}):
+        outcome = run_workers(config, workers, on_event=lambda k, i: events.append((k, i)))
     trials = open_study(config, create=False).study.get_trials()
     crashed = trials[1]
     assert crashed.state.name == "FAIL"
@@ -138,7 +139,8 @@ def test_a_trial_that_crashes_again_stays_failed_and_the_sampler_moves_on(small_
 
     tmp_path, data, space = small_study
     config = _config(tmp_path, data, space, trials=3, study="crash-always")
-    outcome = run_workers(config, 1, crash_trials={0: "SIGSEGV:always"})
+    with faults.inject(crash_trials={0: "SIGSEGV:always"}):
+        outcome = run_workers(config, 1)
     trials = open_study(config, create=False).study.get_trials()
     reasons = [t.user_attrs.get("failure_reason") for t in trials if t.state.name == "FAIL"]
     assert reasons == ["crashed:SIGSEGV", "crashed:SIGSEGV"]  # the trial and its one retry

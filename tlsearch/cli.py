@@ -367,8 +367,6 @@ def search(
         kt_oracle=kt_oracle.value, worker_memory_mb=worker_memory_mb,
         priors=tuple(str(p.resolve()) for p in prior or ()), select=select.value,
         cache_max_gb=cache_max_gb, blend_floor=blend_floor)
-    if workers > 1 and not isolate:
-        raise fail("--workers > 1 needs worker processes; drop --no-isolate")
     _run(config, workers, isolate=isolate)
 
 
@@ -394,8 +392,6 @@ def resume(
         from tlsearch.search import ORACLE_PRUNER
 
         config = dataclasses.replace(config, pruner=ORACLE_PRUNER[config.kt_oracle])
-    if workers > 1 and not isolate:
-        raise fail("--workers > 1 needs worker processes; drop --no-isolate")
     _run(config, workers, isolate=isolate)
 
 
@@ -447,27 +443,14 @@ def _quiet_libraries() -> None:
 
 def _run(config, workers: int = 1, *, isolate: bool = True) -> None:
     from tlsearch.progress import SearchProgress
-    from tlsearch.search import SearchError, run_search
+    from tlsearch.search import run as search_run
 
     _quiet_libraries()
     progress = SearchProgress(console, total=config.trials)
     with one_line_errors():
         with progress:
-            if config.engine == "keras-tuner":
-                if workers > 1:
-                    raise SearchError("--engine keras-tuner runs one worker (KerasTuner's "
-                                      "own parallel mode needs its gRPC chief); use the "
-                                      "optuna engine for --workers")
-                from tlsearch.search import run_keras_tuner
-
-                outcome = run_keras_tuner(config, oracle=config.kt_oracle,
-                                          on_event=progress.event)
-            elif isolate:
-                from tlsearch.search import run_workers
-
-                outcome = run_workers(config, workers, on_event=progress.event)
-            else:
-                outcome = run_search(config, on_event=progress.event)
+            outcome = search_run(config, workers=workers, isolate=isolate,
+                                 on_event=progress.event)
         holdout = _score_holdout(config)
     progress.summary(outcome, config, holdout)
     _write_report(config)

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.reliability.helpers import tiny_search
+from tlsearch import faults
 from tlsearch.cli import app
 from tlsearch.search import SearchConfig, open_study, run_search
 
@@ -19,7 +20,8 @@ def test_some_trials_diverge_the_search_finishes(tmp_path, figures):
                           cache_dir=str(tmp_path / "cache"), pruner="none", baselines=False,
                           trials=5)
     poisoned = {1, 3}
-    outcome = run_search(config, nan_trials=poisoned)
+    with faults.inject(nan_trials=poisoned):
+        outcome = run_search(config)
     trials = open_study(config, create=False).study.get_trials()
     failed = {t.number for t in trials if t.state.name == "FAIL"}
     reasons = {t.user_attrs.get("failure_reason") for t in trials if t.number in failed}
@@ -30,18 +32,14 @@ def test_some_trials_diverge_the_search_finishes(tmp_path, figures):
     assert outcome.stopped == "done" and outcome.best["number"] not in poisoned
 
 
-def test_every_trial_diverging_stops_with_a_clear_message(tmp_path, figures, monkeypatch):
-    import tlsearch.search as study_module
-
+def test_every_trial_diverging_stops_with_a_clear_message(tmp_path, figures):
     _, studies, _ = tiny_search(tmp_path, head_epochs=1, finetune_epochs=1)
-    real = study_module.run_search
-    monkeypatch.setattr(study_module, "run_search",
-                        lambda config, **kw: real(config, nan_at_step=1, **kw))
-    result = CliRunner().invoke(app, [
-        "search", str(tmp_path / "data"), "--space", str(tmp_path / "tiny.yaml"),
-        "--study", "all", "--out", str(studies), "--weights", "none", "--cache-dir",
-        str(tmp_path / "cache"), "--pruner", "none", "--no-baselines", "--trials", "20",
-        "--no-isolate"])  # in this process, where the patched run_search is
+    with faults.inject(nan_at_step=1):
+        result = CliRunner().invoke(app, [
+            "search", str(tmp_path / "data"), "--space", str(tmp_path / "tiny.yaml"),
+            "--study", "all", "--out", str(studies), "--weights", "none", "--cache-dir",
+            str(tmp_path / "cache"), "--pruner", "none", "--no-baselines", "--trials", "20",
+            "--no-isolate"])
     trials = open_study(SearchConfig(data_dir=str(tmp_path / "data"), study="all",
                                      space=str(tmp_path / "tiny.yaml"), out=str(studies)),
                         create=False).study.get_trials()

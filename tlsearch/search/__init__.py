@@ -12,7 +12,8 @@ The modules behind this surface, one concept each (as in Optuna, private):
 and admission lock), `_recovery` (heartbeats, dead and crashed trials, retries),
 `_prepare` (split, weights, ranking, enqueued baselines, priors and floor),
 `_recorder` (how a trial's end is recorded, for both engines), `_optuna` and
-`_tuner` (the two engines), `_workers` (supervised processes) and `_summary`.
+`_tuner` (the two engines), `_workers` (supervised processes), `_run` (which of
+them a configuration asks for) and `_summary`.
 """
 
 from tlsearch.search._config import (
@@ -34,6 +35,7 @@ from tlsearch.search._prepare import (
 )
 from tlsearch.search._recorder import DISK_ERRNOS, MODEL_FILE
 from tlsearch.search._recovery import fail_crashed_trials
+from tlsearch.search._run import run
 from tlsearch.search._storage import (
     PRUNERS,
     StudyHandle,
@@ -70,6 +72,7 @@ __all__ = [
     "prepare_split",
     "rank_data",
     "pruning_offset",
+    "run",
     "run_keras_tuner",
     "run_search",
     "run_workers",

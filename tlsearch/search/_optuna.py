@@ -8,10 +8,11 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tlsearch.faults import active as active_faults
 from tlsearch.search._config import SearchConfig, SearchError
 from tlsearch.search._prepare import _enqueue_floor, prepare_search
 from tlsearch.search._recorder import TrialRecorder, disk_error, disk_failure
@@ -66,17 +67,6 @@ def _crash(how: str) -> None:
         os.abort()
     os.kill(os.getpid(), getattr(signal, how.split(":")[0]))
 
-def _crash_hook(crash_trials: dict[int, str] | None, number: int,
-                attrs: dict[str, Any]) -> str | None:
-    """The signal a test asked this trial to die of: `{n: "SIGSEGV"}` crashes trial n;
-    `"SIGSEGV:always"` crashes its crash retry too."""
-    if not crash_trials:
-        return None
-    if number in crash_trials:
-        return crash_trials[number]
-    first = crash_trials.get(attrs.get("crash_retry_of"))
-    return first if first and first.endswith(":always") else None
-
 def _resident_mb() -> float:
     try:
         with open("/proc/self/statm") as fh:
@@ -85,19 +75,12 @@ def _resident_mb() -> float:
         return 0.0
 
 def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | None = None,
-               nan_at_step: int | None = None,
-               nan_trials: Collection[int] | None = None,
-               crash_trials: dict[int, str] | None = None,
                supervisor: dict[str, Any] | None = None) -> SearchOutcome:
     """Run (or continue) a search until `config.trials` trials are finished.
 
     Args:
         on_event: progress callback, called as `on_event(kind, info)` with kind one of
             "notice", "data", "rank", "trial_start", "epoch", "trial_end".
-        nan_at_step, nan_trials: test hooks: every trial (or only the trials with these
-            numbers, from their first step) behaves as if its loss became NaN.
-        crash_trials: test hook: these trials kill their process with a signal after
-            their first epoch (see `_crash_hook`).
         supervisor: pid/start of the process supervising this one (`workers.py`), which
             records and retries this worker's trial if it dies; recorded with each trial.
     """
@@ -108,6 +91,7 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
     from tlsearch.train import TrialPruned, run_trial
 
     emit = on_event or (lambda kind, info: None)
+    faults = active_faults()
     prepared = prepare_search(config, emit)
     recorder = TrialRecorder(prepared.handle, emit)
     handle, study, space = prepared.handle, prepared.handle.study, prepared.space
@@ -166,15 +150,14 @@ def run_search(config: SearchConfig, *, on_event: Callable[[str, dict], None] | 
         trial.set_user_attr("pruning_offset", pruning_offset(strategy))
         reporter = _OptunaReporter(trial, lambda info: emit("epoch", info),
                                    prunable=not fixed,
-                                   crash_with=_crash_hook(crash_trials, trial.number, attrs),
+                                   crash_with=faults.crash_signal(trial.number, attrs),
                                    offset=pruning_offset(strategy))
         try:
             with _Heartbeat(trial, tdir / "heartbeat", beat_every):
                 result = run_trial(strategy, data, reporter, checkpoint_dir=tdir / "checkpoint",
                                    resume_from=tdir / "checkpoint", metric=metric,
                                    feature_cache=cache, reuse_backbone=True,
-                                   nan_at_step=1 if nan_trials and trial.number in nan_trials
-                                   else nan_at_step)
+                                   nan_at_step=faults.nan_step(trial.number))
         except TrialPruned as exc:
             recorder.write(trial.number, strategy, timings=exc.timings)
             study.tell(trial, state=TrialState.PRUNED)

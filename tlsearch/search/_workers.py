@@ -44,7 +44,7 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 
 def _worker_main(config_json: str, worker: int, threads: int, events: Any,
-                 hooks: dict[str, Any], supervisor: dict[str, Any]) -> None:
+                 supervisor: dict[str, Any]) -> None:
     """Child process entry: one ordinary search loop, events sent back as JSON."""
     _die_with_parent()
     # Before TensorFlow is imported: its thread pools are sized once, at start-up.
@@ -69,10 +69,8 @@ def _worker_main(config_json: str, worker: int, threads: int, events: Any,
         events.put(json.dumps([kind, info], default=str))
 
     config = SearchConfig.from_dict(json.loads(config_json))
-    crash = {int(k): v for k, v in (hooks.get("crash_trials") or {}).items()}
     try:
-        outcome = run_search(config, on_event=send, nan_at_step=hooks.get("nan_at_step"),
-                             crash_trials=crash, supervisor=supervisor)
+        outcome = run_search(config, on_event=send, supervisor=supervisor)
         send("worker_end", {"stopped": outcome.stopped, "recovered": outcome.recovered})
     except KeyboardInterrupt:
         send("worker_end", {"stopped": "interrupted", "recovered": []})
@@ -108,9 +106,7 @@ def signal_name(exitcode: int | None) -> str:
 
 
 def run_workers(config: SearchConfig, workers: int = 1, *,
-                on_event: Callable[[str, dict], None] | None = None,
-                nan_at_step: int | None = None,
-                crash_trials: dict[int, str] | None = None) -> SearchOutcome:
+                on_event: Callable[[str, dict], None] | None = None) -> SearchOutcome:
     """Run `workers` supervised processes on one study until it has `config.trials`
     finished trials; `tlsearch search` uses it for one worker too.
 
@@ -121,9 +117,6 @@ def run_workers(config: SearchConfig, workers: int = 1, *,
     fresh worker takes its place. A worker past `config.worker_memory_mb` after a trial
     is replaced the same way. Ctrl-C reaches every worker (same process group): each
     checkpoints and requeues its running trial.
-
-    Args:
-        nan_at_step, crash_trials: test hooks passed to each worker's `run_search`.
     """
     from tlsearch.strategy import Strategy
 
@@ -145,8 +138,6 @@ def run_workers(config: SearchConfig, workers: int = 1, *,
     events = ctx.Queue()
     threads = threads_per_worker(workers)
     me = {"pid": os.getpid(), "started": _process_start(os.getpid())}
-    hooks = {"nan_at_step": nan_at_step,
-             "crash_trials": {str(k): v for k, v in (crash_trials or {}).items()}}
     started = time.monotonic()
 
     def spawn(i: int) -> Any:
@@ -155,7 +146,7 @@ def run_workers(config: SearchConfig, workers: int = 1, *,
             left = max(0.001, left - (time.monotonic() - started))
         payload = json.dumps(dataclasses.replace(config, timeout=left).to_dict())
         proc = ctx.Process(target=_worker_main, name=f"tlsearch-worker-{i}",
-                           args=(payload, i, threads, events, hooks, me))
+                           args=(payload, i, threads, events, me))
         proc.start()
         return proc
 
