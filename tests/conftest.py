@@ -14,6 +14,19 @@ from PIL import Image  # noqa: E402
 
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
 
+#: The tiny backbone's search space, formatted with head_epochs and finetune_epochs.
+TINY_SPACE = """\
+name: tiny
+backbones:
+  tiny_cnn: [32]
+unfreeze_blocks: [0, 1]
+head_epochs: {head_epochs}
+finetune_epochs: {finetune_epochs}
+head_lr: {{low: 1.0e-3, high: 3.0e-2, log: true}}
+batch_size: 16
+head_dropout: 0.0
+"""
+
 
 def tiny_strategy(**overrides):
     """A two-phase strategy on the tiny backbone (random weights), 32 px."""
@@ -75,8 +88,6 @@ def postgres_url():
 def small_study(tmp_path):
     """(tmp_path, data, space) for a search on the tiny backbone: 3 colour classes of
     16 images, 2 head epochs and 1 fine-tuning epoch."""
-    from tests.test_study import TINY_SPACE
-
     data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE.format(head_epochs=2, finetune_epochs=1))

@@ -51,8 +51,7 @@ def test_ece_is_zero_for_a_perfectly_calibrated_bin_and_counts_every_image():
 def test_the_exported_model_is_softmax_of_logits_over_t(tmp_path):
     """The exported, calibrated model's probabilities equal softmax(logits / T) of the
     trial's own model, and its model card states T and the test ECE."""
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import load_model_safely

@@ -163,8 +163,7 @@ def test_version_and_the_studies_folder_flag_everywhere(tmp_path):
 
 
 def test_test_fraction_flag_gives_a_held_out_score_everywhere(tmp_path):
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
 
     data = write_colour_dataset(tmp_path / "data", {"red": 16, "green": 16, "blue": 16})
     space = tmp_path / "tiny.yaml"
@@ -203,8 +202,7 @@ def test_a_search_prints_no_library_chatter(tmp_path):
     import os
     import re
 
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
 
     write_colour_dataset(tmp_path / "data", {"red": 10, "green": 10})
     (tmp_path / "tiny.yaml").write_text(TINY_SPACE.format(head_epochs=1, finetune_epochs=1))

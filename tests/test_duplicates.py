@@ -84,7 +84,7 @@ def test_doctor_reports_the_sets_and_the_search_split_leaks_nothing(tmp_path):
 
 
 def test_a_search_splits_duplicates_together_and_the_report_says_so(tmp_path):
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE
     from tlsearch.data import Split
     from tlsearch.report import build_report
     from tlsearch.search import SearchConfig, run_search

@@ -77,8 +77,7 @@ def test_ensemble_temperature_is_fitted_for_the_mean_of_scaled_members():
 def test_export_ensemble_through_the_cli_is_scored_once_on_test(tmp_path):
     """The exported ensemble equals the mean of its members' exported models, and its
     own held-out score is recorded in export.json and in the study."""
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import EXPORT_ATTR, load_model_safely
@@ -123,8 +122,7 @@ def test_export_ensemble_through_the_cli_is_scored_once_on_test(tmp_path):
 
 def test_the_report_shows_what_was_exported_against_the_trial(tmp_path):
     """The recommendation section names the exported model and its own test score."""
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.export import export_trial
     from tlsearch.report import build_report
     from tlsearch.search import SearchConfig, run_search

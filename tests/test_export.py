@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import write_colour_dataset
-from tests.test_study import TINY_SPACE
+from tests.conftest import TINY_SPACE, write_colour_dataset
 from tlsearch.cli import app
 from tlsearch.search import SearchConfig, run_search
 

@@ -47,8 +47,7 @@ def test_an_entry_being_computed_elsewhere_and_the_new_one_are_never_evicted(tmp
 def test_search_with_cache_max_gb_keeps_the_cache_small(tmp_path):
     from typer.testing import CliRunner
 
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
 
     data = write_colour_dataset(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})

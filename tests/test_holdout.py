@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_colour_dataset
-from tests.test_study import TINY_SPACE
+from tests.conftest import TINY_SPACE, write_colour_dataset
 from tlsearch.search import SearchConfig, open_study, run_search
 
 

@@ -38,8 +38,7 @@ def test_a_prior_is_fitted_into_the_space_or_left_out():
 
 
 def test_priors_from_one_study_start_the_next_and_a_file_carries_them(tmp_path):
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
     from tlsearch.search import load_config, open_study
 

@@ -74,7 +74,7 @@ def test_rank_command_prints_the_ranking(colour_data, tmp_path):
 
     from typer.testing import CliRunner
 
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE
     from tlsearch.cli import app
 
     space = tmp_path / "two.yaml"

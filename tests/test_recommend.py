@@ -67,7 +67,7 @@ def test_floor_check_takes_the_last_slot_for_the_best_trials_backbone(tmp_path):
 
 def _floor_study(tmp_path):
     """A study whose fine-tuned best has its floor check queued, run and recommended."""
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE
     from tlsearch.recommend import recommend_trial
     from tlsearch.search import MODEL_FILE, SearchConfig, open_study
     from tlsearch.search._prepare import _enqueue_floor
@@ -157,8 +157,7 @@ def test_the_report_says_why_the_top_trial_was_not_recommended(tmp_path):
 def test_select_1se_through_the_cli_is_saved_and_a_covered_floor_is_not_checked(tmp_path):
     from typer.testing import CliRunner
 
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
     from tlsearch.search import load_config, open_study
 
@@ -185,8 +184,7 @@ def _blend_study(tmp_path):
     models trained on the colour data, recorded as the search records them."""
     import optuna
 
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.data import make_split, scan
     from tlsearch.search import MODEL_FILE, SearchConfig, open_study
     from tlsearch.strategy import Strategy
@@ -288,7 +286,7 @@ def test_a_fine_tuned_recommendation_is_averaged_with_its_floor_on_test_and_in_e
 def test_a_head_only_solve_on_top_is_floor_checked_and_blended_with_the_exact_probe(tmp_path):
     """C, class weights and SGD epochs chosen on validation can lose to the plain probe
     on test: a head-only top gets the exact probe (not another solve) as its floor."""
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE
     from tlsearch.recommend import floor_partner
     from tlsearch.search import MODEL_FILE, SearchConfig, open_study
     from tlsearch.search._prepare import _enqueue_floor

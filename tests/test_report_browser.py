@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_colour_dataset
-from tests.test_study import TINY_SPACE
+from tests.conftest import TINY_SPACE, write_colour_dataset
 from tlsearch.report import build_report
 from tlsearch.search import SearchConfig, run_search
 

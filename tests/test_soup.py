@@ -75,8 +75,7 @@ def test_greedy_soup_keeps_only_ingredients_that_help():
 
 def test_export_soup_through_the_cli(tmp_path):
     """A soup of one ingredient is that trial's model; a soup never scores below it."""
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import load_model_safely

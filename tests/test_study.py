@@ -12,22 +12,10 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import write_colour_dataset
+from tests.conftest import TINY_SPACE, write_colour_dataset
 from tlsearch import faults
 from tlsearch.cli import app
 from tlsearch.search import SearchConfig, SearchError, run_search
-
-TINY_SPACE = """\
-name: tiny
-backbones:
-  tiny_cnn: [32]
-unfreeze_blocks: [0, 1]
-head_epochs: {head_epochs}
-finetune_epochs: {finetune_epochs}
-head_lr: {{low: 1.0e-3, high: 3.0e-2, log: true}}
-batch_size: 16
-head_dropout: 0.0
-"""
 
 
 @pytest.fixture

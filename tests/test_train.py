@@ -365,7 +365,7 @@ def test_epoch_soup_through_the_cli(tmp_path):
 
     from typer.testing import CliRunner
 
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE
     from tlsearch.cli import app
 
     data = write_colour_dataset(tmp_path / "data", {"red": 12, "green": 12})

@@ -51,8 +51,7 @@ def test_views_are_adopted_only_when_they_win_on_validation():
 
 
 def test_export_records_the_decision_and_predict_applies_it(tmp_path):
-    from tests.conftest import write_colour_dataset
-    from tests.test_study import TINY_SPACE
+    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import load_exported

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import write_colour_dataset
-from tests.test_study import TINY_SPACE
+from tests.conftest import TINY_SPACE, write_colour_dataset
 from tlsearch import faults
 from tlsearch.search import SearchConfig, SearchError, open_study, run_workers, threads_per_worker
 

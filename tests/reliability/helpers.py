@@ -6,8 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.conftest import write_colour_dataset
-from tests.test_study import TINY_SPACE
+from tests.conftest import TINY_SPACE, write_colour_dataset
 
 
 def tiny_search(root: Path, *, study: str = "r", head_epochs: int = 3,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import write_colour_dataset
-from tests.test_study import TINY_SPACE
+from tests.conftest import TINY_SPACE, write_colour_dataset
 from tlsearch.cli import app
 
 pytestmark = pytest.mark.reliability
