@@ -13,7 +13,8 @@ from tests.conftest import write_colour_dataset
 from tests.test_study import TINY_SPACE as STUDY_SPACE
 from tlsearch.metrics import metric_value
 from tlsearch.report import build_report
-from tlsearch.report.context import build_context, keras_snippet
+from tlsearch.report.context import build_context
+from tlsearch.report.script import keras_snippet
 from tlsearch.report.stats import bootstrap_interval, pareto_front
 from tlsearch.report.wording import display
 from tlsearch.study import SearchConfig, open_study, run_search
