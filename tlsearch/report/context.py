@@ -9,6 +9,7 @@ escaping is the template's job (Jinja2 autoescape) and the plots' (`plots.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 from pathlib import Path
@@ -85,15 +86,17 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
     labels = split.labels("val") if split else None
     n_val = len(labels) if labels is not None else 0
 
-    complete = sorted((t for t in trials if t["state"] == "complete" and t["value"] is not None),
-                      key=lambda t: (-t["value"], t["number"]))
-    for rank, t in enumerate(complete, start=1):
-        t["rank"] = rank
-    constraints = _constraints(config, complete)
+    complete = sorted((t for t in trials if t.state == "complete" and t.value is not None),
+                      key=lambda t: (-t.value, t.number))
+    complete = [dataclasses.replace(t, rank=rank) for rank, t in enumerate(complete, start=1)]
+    complete, constraints = _constraints(config, complete)
+    # The ranked and checked records stand for their trials everywhere below.
+    marked = {t.number: t for t in complete}
+    trials = [marked.get(t.number, t) for t in trials]
     from tlsearch.recommend import recommend_trial
 
     selection = recommend_trial(handle)
-    best = next((t for t in complete if selection and t["number"] == selection.chosen), None)
+    best = next((t for t in complete if selection and t.number == selection.chosen), None)
 
     def spec_of(s: dict[str, Any] | None) -> Any:
         try:
@@ -112,15 +115,15 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
     test_scores = holdout.get("scores") or {}
     from tlsearch.holdout import blend_of
 
-    blend = blend_of(holdout, best["number"]) if best is not None else None
+    blend = blend_of(holdout, best.number) if best is not None else None
     # The headline: the trial alone, or averaged with its floor probe (`--blend-floor`).
-    headline = blend or (test_scores.get(str(best["number"])) if best is not None else None)
+    headline = blend or (test_scores.get(str(best.number)) if best is not None else None)
     recommendation = None
     if best is not None:
-        s = best["strategy"] or {}
+        s = best.strategy or {}
         spec = spec_of(s)
         ci = None
-        probs = loaded.probs.get(best["number"])
+        probs = loaded.probs.get(best.number)
         partner = loaded.probs.get(blend["members"][1]) if blend else None
         if probs is not None and partner is not None and np.shape(partner) == np.shape(probs):
             probs = (np.asarray(probs) + np.asarray(partner)) / 2  # the blend's interval
@@ -133,28 +136,28 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
                 ci_note = f"no interval for metric {metric}"
         else:
             ci_note = "no saved validation predictions, so no interval"
-        within = [t["number"] for t in complete[1:]
-                  if ci is not None and t["value"] >= ci["low"]]
+        within = [t.number for t in complete[1:]
+                  if ci is not None and t.value >= ci["low"]]
         weights_text, weights_warning = _weights_text(s.get("weights", "imagenet"), spec_of(s))
         recommendation = {
             "test": headline, "n_test": holdout.get("n_test"),
-            "test_val": blend["val_value"] if blend else best["value"],
-            "blend": _blend_text(blend, test_scores, best["number"], trials),
-            "export": _export_of(handle.study.user_attrs.get("export"), best["number"]),
-            "trial": best["number"], "value": best["value"], "ci": ci, "ci_note": ci_note,
+            "test_val": blend["val_value"] if blend else best.value,
+            "blend": _blend_text(blend, test_scores, best.number, trials),
+            "export": _export_of(handle.study.user_attrs.get("export"), best.number),
+            "trial": best.number, "value": best.value, "ci": ci, "ci_note": ci_note,
             "n_val": n_val, "resamples": BOOTSTRAP_RESAMPLES,
             "within_interval": within,
             "selection": _selection_text(selection, complete, metric),
             "describe": _describe(s),
-            "rows": _recipe_rows(s, spec, best["params_total"]) if s else [],
+            "rows": _recipe_rows(s, spec, best.params_total) if s else [],
             "weights": s.get("weights"), "weights_text": weights_text,
             "weights_warning": weights_warning,
-            "metrics": {METRIC_LABELS[k]: best["metrics"].get(k) for k in METRIC_LABELS
-                        if best["metrics"].get(k) is not None and k != metric},
-            "latency_ms": best["latency_ms"], "seconds": best["seconds"],
+            "metrics": {METRIC_LABELS[k]: best.metrics.get(k) for k in METRIC_LABELS
+                        if best.metrics.get(k) is not None and k != metric},
+            "latency_ms": best.latency_ms, "seconds": best.seconds,
             "export_command": f"tlsearch export {config.study} --out exported/{config.study}",
             "snippet": keras_snippet(s, spec, data_dir=str(config.data_dir),
-                                     val_fraction=config.val_fraction, trial=best["number"],
+                                     val_fraction=config.val_fraction, trial=best.number,
                                      study=config.study) if s else "",
             "strategy_json": json.dumps(s, indent=2, sort_keys=True),
         }
@@ -162,14 +165,14 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
     aggregates = _aggregates(trials)
     searched = {}
     for t in trials:
-        for name, dist in t["distributions"].items():
+        for name, dist in t.distributions.items():
             searched.setdefault(name, dist)
     importance = _importance(handle.study, complete, searched)
     leaderboard = [_board_row(t) for t in complete[:max(top, 1)]]
-    cost_points = [(t["number"], t["value"], t["seconds"]) for t in complete
-                   if t["seconds"] is not None]
-    latency_points = [(t["number"], t["value"], t["latency_ms"]) for t in complete
-                      if t["latency_ms"] is not None]
+    cost_points = [(t.number, t.value, t.seconds) for t in complete
+                   if t.seconds is not None]
+    latency_points = [(t.number, t.value, t.latency_ms) for t in complete
+                      if t.latency_ms is not None]
     context = {
         "study": config.study,
         "study_dir": str(study_dir),
@@ -185,13 +188,13 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         "n_classes": len(classes),
         "n_val": n_val,
         "n_train": len(split.train) if split else 0,
-        "trials": trials,
-        "complete": complete,
-        "best": best,
+        "trials": [t.to_dict() for t in trials],
+        "complete": [t.to_dict() for t in complete],
+        "best": best.to_dict() if best is not None else None,
         "recommendation": recommendation,
         "leaderboard": leaderboard,
         "top": top,
-        "curves": [t for t in complete[:max(top, 1)] if t["history"]],
+        "curves": [t.to_dict() for t in complete[:max(top, 1)] if t.history],
         "importance": importance,
         "searched": searched,
         "aggregates": aggregates,
@@ -211,7 +214,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
     context["findings"] = _diagnose(trials, best, aggregates, len(classes), metric, doctor, n_val,
                                     split.merged_groups if split else 0)
     context["pixels"] = _pixels(holdout.get("pixels"), best, headline, context["findings"])
-    context["best_model"] = (_best_model(best, loaded.probs.get(best["number"]), split,
+    context["best_model"] = (_best_model(best, loaded.probs.get(best.number), split,
                                          Path(config.data_dir), classes, metric)
                              if best is not None else None)
     return context

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from tlsearch.report.records import TrialRecord
 from tlsearch.report.stats import _finite, _median
 from tlsearch.report.wording import METRIC_LABELS, _unfreeze_text, _weights_text, display
 
@@ -30,12 +31,12 @@ LOSS_RISE = 1.5
 SMALL_VAL = 50
 
 
-def _kept_epoch(trial: dict[str, Any]) -> dict[str, Any] | None:
+def _kept_epoch(trial: TrialRecord) -> dict[str, Any] | None:
     """The history record of the epoch whose weights the trial kept."""
-    history = trial["history"]
+    history = trial.history
     if not history:
         return None
-    best_step = trial["metrics"].get("best_step")
+    best_step = trial.metrics.get("best_step")
     for record in history:
         if record.get("step") == best_step:
             return record
@@ -52,15 +53,15 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def _diagnose(trials: list[dict[str, Any]], best: dict[str, Any] | None,
+def _diagnose(trials: list[TrialRecord], best: TrialRecord | None,
               aggregates: list[dict[str, Any]], n_classes: int, metric: str,
               doctor: dict[str, Any] | None, n_val: int, merged_groups: int = 0
               ) -> list[dict[str, Any]]:
     """Findings in words, most serious first, one pattern per helper below."""
     label = METRIC_LABELS.get(metric, metric)
-    complete = [t for t in trials if t["state"] == "complete"]
+    complete = [t for t in trials if t.state == "complete"]
     findings: list[dict[str, Any]] = []
-    if best and best["strategy"] and best["strategy"].get("weights") == "none":
+    if best and best.strategy and best.strategy.get("weights") == "none":
         findings.append(_finding("warn", "No pretrained weights", _weights_text("none")[1]))
     findings += _overfitting(complete, best)
     if n_classes:
@@ -81,8 +82,8 @@ def _diagnose(trials: list[dict[str, Any]], best: dict[str, Any] | None,
     return sorted(findings, key=lambda f: order[f["severity"]])
 
 
-def _overfitting(complete: list[dict[str, Any]],
-                 best: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _overfitting(complete: list[TrialRecord],
+                 best: TrialRecord | None) -> list[dict[str, Any]]:
     """A large train/validation accuracy gap at the epoch each trial kept."""
     gaps = []
     for t in complete:
@@ -98,26 +99,26 @@ def _overfitting(complete: list[dict[str, Any]],
         return [_finding("ok", "No over-fitting",
                          f"The largest train/validation accuracy gap at the kept epoch is "
                          f"{worst * 100:.0f} points (threshold {OVERFIT_GAP * 100:.0f}).")]
-    best_overfits = best is not None and any(t["number"] == best["number"] for t, _, _ in overfit)
+    best_overfits = best is not None and any(t.number == best.number for t, _, _ in overfit)
     return [_finding(
         "warn" if best_overfits else "info", "Over-fitting",
         f"{len(overfit)} of {len(gaps)} completed trials ended with training accuracy at "
         f"least {OVERFIT_GAP * 100:.0f} points above validation accuracy"
         + (", the recommended one among them." if best_overfits else "."),
-        [f"trial #{t['number']}: train {_pct(k['train_accuracy'])} vs val "
-         f"{_pct(k['val_accuracy'])} (gap {g * 100:.0f} points) — {t['short']}"
+        [f"trial #{t.number}: train {_pct(k['train_accuracy'])} vs val "
+         f"{_pct(k['val_accuracy'])} (gap {g * 100:.0f} points) — {t.short}"
          for t, g, k in sorted(overfit, key=lambda x: -x[1])[:6]],
         "Regularise: stronger augmentation, more head dropout, fewer unfrozen blocks or "
         "fewer epochs; more training images help most.")]
 
 
-def _not_learning(complete: list[dict[str, Any]], chance: float) -> list[dict[str, Any]]:
+def _not_learning(complete: list[TrialRecord], chance: float) -> list[dict[str, Any]]:
     """Scores near chance, or a training loss that barely moved."""
     flat = []
     for t in complete:
-        score = t["metrics"].get("balanced_accuracy", t["value"])
+        score = t.metrics.get("balanced_accuracy", t.value)
         near_chance = score is not None and score <= chance + CHANCE_MARGIN
-        losses = [h["train_loss"] for h in t["history"]
+        losses = [h["train_loss"] for h in t.history
                   if _finite(h.get("train_loss")) is not None]
         barely = len(losses) >= 3 and losses[-1] > 0.95 * losses[0]
         if not (near_chance or barely):
@@ -127,8 +128,8 @@ def _not_learning(complete: list[dict[str, Any]], chance: float) -> list[dict[st
             why.append(f"balanced accuracy {_pct(score)} (chance {_pct(chance)})")
         if barely:
             why.append(f"training loss {losses[0]:.3g} → {losses[-1]:.3g}")
-        lr = f"; head LR {t['strategy']['head_lr']:.2g}" if t["strategy"] else ""
-        flat.append(f"trial #{t['number']}: {', '.join(why)}{lr} — {t['short']}")
+        lr = f"; head LR {t.strategy['head_lr']:.2g}" if t.strategy else ""
+        flat.append(f"trial #{t.number}: {', '.join(why)}{lr} — {t.short}")
     if not flat:
         return []
     return [_finding(
@@ -141,10 +142,10 @@ def _not_learning(complete: list[dict[str, Any]], chance: float) -> list[dict[st
         "at the labels (duplicates with conflicting labels, see data health).")]
 
 
-def _loss_trouble(t: dict[str, Any]) -> str | None:
+def _loss_trouble(t: TrialRecord) -> str | None:
     """How a trial's training went unstable, in words, or None."""
-    hist = t["history"]
-    s = t["strategy"]
+    hist = t.history
+    s = t.strategy
     lrs = f" (head LR {s['head_lr']:.2g}, backbone LR {s['backbone_lr']:.2g})" if s else ""
     finite = [(h.get("step"), h["train_loss"]) for h in hist
               if _finite(h.get("train_loss")) is not None]
@@ -152,25 +153,25 @@ def _loss_trouble(t: dict[str, Any]) -> str | None:
         peak_step, peak = max(finite, key=lambda sv: sv[1])
         low = min(v for _, v in finite)
         if peak > LOSS_RISE * finite[0][1]:
-            return (f"trial #{t['number']}: training loss spiked to {peak:.3g} at step "
+            return (f"trial #{t.number}: training loss spiked to {peak:.3g} at step "
                     f"{peak_step} (it started at {finite[0][1]:.3g}){lrs}")
         if finite[-1][1] > LOSS_RISE * low:
-            return (f"trial #{t['number']}: training loss rose from {low:.3g} to "
+            return (f"trial #{t.number}: training loss rose from {low:.3g} to "
                     f"{finite[-1][1]:.3g}{lrs}")
     for prev, cur in zip(hist, hist[1:], strict=False):
         before, after = _finite(prev.get("val_accuracy")), _finite(cur.get("val_accuracy"))
         if (prev.get("phase_index") != cur.get("phase_index") and cur.get("unfrozen_blocks")
                 and before is not None and after is not None and before - after >= 0.1):
-            return (f"trial #{t['number']}: validation accuracy fell {_pct(before)} → "
+            return (f"trial #{t.number}: validation accuracy fell {_pct(before)} → "
                     f"{_pct(after)} when {_unfreeze_text(cur['unfrozen_blocks'])} block(s) "
                     f"were unfrozen{lrs}")
     return None
 
 
-def _unstable(trials: list[dict[str, Any]],
-              complete: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _unstable(trials: list[TrialRecord],
+              complete: list[TrialRecord]) -> list[dict[str, Any]]:
     """NaN failures, loss spikes or rises, accuracy lost on unfreezing: LR too high."""
-    nan = [t for t in trials if t["state"] == "failed" and t["failure_reason"] == "nan_loss"]
+    nan = [t for t in trials if t.state == "failed" and t.failure_reason == "nan_loss"]
     rising = [msg for t in complete + nan if (msg := _loss_trouble(t))]
     if not (nan or rising):
         return []
@@ -179,13 +180,13 @@ def _unstable(trials: list[dict[str, Any]],
         text.append(f"{len(nan)} trial(s) failed because the loss became NaN/infinite")
     if rising:
         text.append(f"{len(rising)} trial(s) had a rising loss or lost accuracy on unfreezing")
-    lrs_bad = [t["strategy"]["head_lr"] for t in nan if t["strategy"]]
-    lrs_ok = [t["strategy"]["head_lr"] for t in complete if t["strategy"]]
+    lrs_bad = [t.strategy["head_lr"] for t in nan if t.strategy]
+    lrs_ok = [t.strategy["head_lr"] for t in complete if t.strategy]
     compare = ""
     if lrs_bad and lrs_ok:
         compare = (f" The NaN trials' median head LR is {_median(lrs_bad):.2g}, against "
                    f"{_median(lrs_ok):.2g} for the completed ones.")
-    evidence = [f"trial #{t['number']}: {t['failure_detail'] or 'nan_loss'} — {t['short']}"
+    evidence = [f"trial #{t.number}: {t.failure_detail or 'nan_loss'} — {t.short}"
                 for t in nan[:5]] + rising[:5]
     return [_finding(
         "warn", "Unstable training", "; ".join(text) + "." + compare, evidence,
@@ -194,19 +195,19 @@ def _unstable(trials: list[dict[str, Any]],
         "gradually, and add warm-up epochs.")]
 
 
-def _imbalance(best: dict[str, Any] | None, doctor: dict[str, Any] | None,
+def _imbalance(best: TrialRecord | None, doctor: dict[str, Any] | None,
                label: str) -> list[dict[str, Any]]:
     """Accuracy far above balanced accuracy: the majority classes carry the score."""
-    if not best or not best["metrics"]:
+    if not best or not best.metrics:
         return []
-    acc = best["metrics"].get("accuracy")
-    bal = best["metrics"].get("balanced_accuracy")
+    acc = best.metrics.get("accuracy")
+    bal = best.metrics.get("balanced_accuracy")
     ratio = (doctor or {}).get("imbalance_ratio")
     if acc is None or bal is None:
         return []
     if acc - bal >= IMBALANCE_GAP:
         evidence = [f"accuracy {_pct(acc)} vs balanced accuracy {_pct(bal)}"]
-        per_class = best["metrics"].get("per_class") or {}
+        per_class = best.metrics.get("per_class") or {}
         worst = min(per_class.items(), key=lambda kv: kv[1].get("recall", 1.0), default=None)
         if worst:
             evidence.append(f"lowest recall: class '{display(worst[0])}' at "
@@ -266,13 +267,13 @@ def _choices(aggregates: list[dict[str, Any]], label: str) -> list[dict[str, Any
     return findings
 
 
-def _data_findings(trials: list[dict[str, Any]], best: dict[str, Any] | None,
+def _data_findings(trials: list[TrialRecord], best: TrialRecord | None,
                    doctor: dict[str, Any] | None, n_val: int) -> list[dict[str, Any]]:
     """Pruning, leakage, conflicting labels and a validation set too small to separate."""
     findings = []
-    pruned = [t for t in trials if t["state"] == "pruned"]
+    pruned = [t for t in trials if t.state == "pruned"]
     if pruned:
-        steps = [max(t["intermediate"]) for t in pruned if t["intermediate"]]
+        steps = [max(t.intermediate) for t in pruned if t.intermediate]
         findings.append(_finding(
             "info", "Pruned trials",
             f"{len(pruned)} trial(s) were stopped early by the pruner"

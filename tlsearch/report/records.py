@@ -13,6 +13,70 @@ import numpy as np
 from tlsearch.report.stats import _finite
 from tlsearch.report.wording import _short
 
+__all__ = ["TrialRecord"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the report reads it, from the storage and its `result.json`.
+
+    Every field but `number` and `state` has a default, so a test can write a record by
+    hand. Frozen, yet its dicts and lists are the loaded data itself: read them only.
+    The template and the plots see `to_dict()`.
+    """
+
+    number: int
+    #: complete | pruned | failed | running | waiting
+    state: str
+    #: The objective, for a complete trial only.
+    value: float | None = None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Searched parameter -> {kind, log}, from Optuna's distributions.
+    distributions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: `Strategy.to_dict()`, or None when the trial never recorded one.
+    strategy: dict[str, Any] | None = None
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: One dict per epoch (step, phase, train/val loss and accuracy).
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Step -> score reported to the pruner.
+    intermediate: dict[int, float] = dataclasses.field(default_factory=dict)
+    seconds: float | None = None
+    latency_ms: float | None = None
+    params_total: int | None = None
+    cached: bool | None = None
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
+    failure_reason: str | None = None
+    failure_detail: str = ""
+    retry_of: int | None = None
+    #: Where the retry started: the dead trial's checkpoint (same machine or a shared
+    #: study folder) or scratch (its checkpoint was on another machine).
+    retry_mode: str = "scratch"
+    resumed_from_step: int | None = None
+    baseline: str | None = None
+    #: The trial whose backbone this linear probe checks.
+    floor: int | None = None
+    #: {source, trial, value}: enqueued from --prior.
+    prior: dict[str, Any] | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    has_result: bool = False
+    #: ISO start time, to the second.
+    started: str | None = None
+    #: Place among the complete trials, best first (set by the assembly).
+    rank: int | None = None
+    #: Within --max-latency-ms / --max-params (set by the assembly).
+    eligible: bool = True
+
+    @property
+    def short(self) -> str:
+        """The strategy in one line, for tables and evidence."""
+        return _short(self.strategy)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the plain dict the template and the plots read."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["short"] = self.short
+        return out
+
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -25,7 +89,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 @dataclasses.dataclass
 class _Loaded:
     handle: Any
-    trials: list[dict[str, Any]]
+    trials: list[TrialRecord]
     probs: dict[int, np.ndarray]
     split: Any | None
     notes: list[str]
@@ -82,8 +146,8 @@ def _open_without_space(config: Any, exc: Exception, notes: list[str]) -> Any:
     return StudyHandle(config=config, study=study, space=None)
 
 
-def _trial_record(t: Any, tdir: Path) -> tuple[dict[str, Any], np.ndarray | None]:
-    """One trial as plain data, from the storage and its `result.json` (if any)."""
+def _trial_record(t: Any, tdir: Path) -> tuple[TrialRecord, np.ndarray | None]:
+    """One Optuna trial as a record, with its validation probabilities (if saved)."""
     attrs = t.user_attrs
     result = _read_json(tdir / "result.json") or {}
     strategy = attrs.get("strategy") or result.get("strategy")
@@ -97,38 +161,35 @@ def _trial_record(t: Any, tdir: Path) -> tuple[dict[str, Any], np.ndarray | None
         kind = type(dist).__name__.replace("Distribution", "").lower()
         distributions[name] = {"kind": kind, "log": bool(getattr(dist, "log", False))}
     history = [h for h in result.get("history") or [] if isinstance(h, dict)]
-    record = {
-        "number": t.number,
+    record = TrialRecord(
+        number=t.number,
         # Optuna's FAIL reads "failed", as `TrialResult.state` does.
-        "state": "failed" if t.state.name == "FAIL" else t.state.name.lower(),
-        "value": _finite(t.value) if t.state.name == "COMPLETE" else None,
-        "params": dict(t.params),
-        "distributions": distributions,
-        "strategy": strategy,
-        "short": _short(strategy),
-        "metrics": metrics,
-        "history": history,
-        "intermediate": {int(k): v for k, v in t.intermediate_values.items()},
-        "seconds": seconds,
-        "latency_ms": _finite(attrs.get("latency_ms", result.get("latency_ms"))),
-        "params_total": attrs.get("params_total") or (result.get("params") or {}).get("total"),
-        "cached": attrs.get("cached", result.get("cached")),
-        "cache": attrs.get("cache") or result.get("cache") or {},
-        "failure_reason": attrs.get("failure_reason") or result.get("failure_reason"),
-        "failure_detail": attrs.get("failure_detail") or result.get("failure_detail") or "",
-        "retry_of": attrs.get("retry_of"),
-        # Where the retry started: the dead trial's checkpoint (same machine or a shared
-        # study folder) or scratch (its checkpoint was on another machine).
-        "retry_mode": attrs.get("retry_mode") or ("checkpoint" if attrs.get(
+        state="failed" if t.state.name == "FAIL" else t.state.name.lower(),
+        value=_finite(t.value) if t.state.name == "COMPLETE" else None,
+        params=dict(t.params),
+        distributions=distributions,
+        strategy=strategy,
+        metrics=metrics,
+        history=history,
+        intermediate={int(k): v for k, v in t.intermediate_values.items()},
+        seconds=seconds,
+        latency_ms=_finite(attrs.get("latency_ms", result.get("latency_ms"))),
+        params_total=attrs.get("params_total") or (result.get("params") or {}).get("total"),
+        cached=attrs.get("cached", result.get("cached")),
+        cache=attrs.get("cache") or result.get("cache") or {},
+        failure_reason=attrs.get("failure_reason") or result.get("failure_reason"),
+        failure_detail=attrs.get("failure_detail") or result.get("failure_detail") or "",
+        retry_of=attrs.get("retry_of"),
+        retry_mode=attrs.get("retry_mode") or ("checkpoint" if attrs.get(
             "resumed_from_checkpoint") else "scratch"),
-        "resumed_from_step": attrs.get("resumed_from_step", result.get("resumed_from_step")),
-        "baseline": attrs.get("baseline"),
-        "floor": attrs.get("floor"),  # the trial whose backbone this linear probe checks
-        "prior": attrs.get("prior"),  # {source, trial, value}: enqueued from --prior
-        "notes": list(result.get("notes") or []),
-        "has_result": bool(result),
-        "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
-    }
+        resumed_from_step=attrs.get("resumed_from_step", result.get("resumed_from_step")),
+        baseline=attrs.get("baseline"),
+        floor=attrs.get("floor"),
+        prior=attrs.get("prior"),
+        notes=list(result.get("notes") or []),
+        has_result=bool(result),
+        started=t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+    )
     probs = result.get("val_probabilities")
     array = None
     if probs:

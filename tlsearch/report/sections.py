@@ -5,6 +5,7 @@ the raw-pixel yardstick, the best model up close (gallery), data and search heal
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tlsearch.report.diagnosis import _finding
+from tlsearch.report.records import TrialRecord
 from tlsearch.report.stats import NOT_THE_RECIPE, _finite
 from tlsearch.report.wording import METRIC_LABELS, _fine_tunes, _short, _unfreeze_text, display
 
@@ -61,9 +63,9 @@ def _thumbnail(path: Path) -> str | None:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _best_model(best: dict[str, Any], probs: np.ndarray | None, split: Any, data_dir: Path,
+def _best_model(best: TrialRecord, probs: np.ndarray | None, split: Any, data_dir: Path,
                 classes: list[str], metric: str) -> dict[str, Any]:
-    m = best["metrics"]
+    m = best.metrics
     per_class = [
         {"name": display(name), "precision": v.get("precision"), "recall": v.get("recall"),
          "f1": v.get("f1"), "support": v.get("support")}
@@ -147,50 +149,50 @@ def _doctor(data_dir: Path, config: Any) -> tuple[dict[str, Any] | None, str | N
     }, None
 
 
-def _search_health(trials: list[dict[str, Any]]) -> dict[str, Any]:
-    counts = Counter(t["state"] for t in trials)
+def _search_health(trials: list[TrialRecord]) -> dict[str, Any]:
+    counts = Counter(t.state for t in trials)
     failures = defaultdict(list)
     for t in trials:
-        if t["state"] == "failed":
-            failures[t["failure_reason"] or "unknown"].append(t)
-    by_number = {t["number"]: t for t in trials}
+        if t.state == "failed":
+            failures[t.failure_reason or "unknown"].append(t)
+    by_number = {t.number: t for t in trials}
     recovered = []
     for t in trials:
-        if t["retry_of"] is not None:
-            original = by_number.get(t["retry_of"])
+        if t.retry_of is not None:
+            original = by_number.get(t.retry_of)
             recovered.append({
-                "number": t["number"], "retry_of": t["retry_of"], "state": t["state"],
-                "reason": (original or {}).get("failure_reason") or "unknown",
-                "resumed_from_step": t["resumed_from_step"] or 0,
-                "retry_mode": t["retry_mode"],
+                "number": t.number, "retry_of": t.retry_of, "state": t.state,
+                "reason": (original.failure_reason if original else None) or "unknown",
+                "resumed_from_step": t.resumed_from_step or 0,
+                "retry_mode": t.retry_mode,
             })
-    retries = {t["retry_of"]: t for t in trials if t["retry_of"] is not None}
+    retries = {t.retry_of: t for t in trials if t.retry_of is not None}
     crashed = []
     for t in trials:
-        reason = t["failure_reason"] or ""
-        if t["state"] == "failed" and reason.startswith("crashed:"):
-            retry = retries.get(t["number"])
-            crashed.append({"number": t["number"], "signal": reason.split(":", 1)[1],
-                            "retry": retry["number"] if retry else None,
-                            "retry_state": retry["state"] if retry else None})
-    hits = sum(int((t["cache"] or {}).get("hits", 0)) for t in trials)
-    misses = sum(int((t["cache"] or {}).get("misses", 0)) for t in trials)
+        reason = t.failure_reason or ""
+        if t.state == "failed" and reason.startswith("crashed:"):
+            retry = retries.get(t.number)
+            crashed.append({"number": t.number, "signal": reason.split(":", 1)[1],
+                            "retry": retry.number if retry else None,
+                            "retry_state": retry.state if retry else None})
+    hits = sum(int((t.cache or {}).get("hits", 0)) for t in trials)
+    misses = sum(int((t.cache or {}).get("misses", 0)) for t in trials)
     return {
         "counts": dict(sorted(counts.items())), "total": len(trials),
-        "failures": [{"reason": r, "count": len(ts), "trials": [t["number"] for t in ts],
-                      "detail": display(ts[0]["failure_detail"])[:300]}
+        "failures": [{"reason": r, "count": len(ts), "trials": [t.number for t in ts],
+                      "detail": display(ts[0].failure_detail)[:300]}
                      for r, ts in sorted(failures.items(), key=lambda kv: -len(kv[1]))],
         "recovered": recovered,
         "crashed": crashed,
         "cache_hits": hits, "cache_misses": misses,
-        "cached_trials": sum(1 for t in trials if t["cached"]),
-        "without_result": [t["number"] for t in trials if not t["has_result"]
-                           and t["state"] in ("complete", "failed", "pruned")],
-        "running": [t["number"] for t in trials if t["state"] == "running"],
+        "cached_trials": sum(1 for t in trials if t.cached),
+        "without_result": [t.number for t in trials if not t.has_result
+                           and t.state in ("complete", "failed", "pruned")],
+        "running": [t.number for t in trials if t.state == "running"],
     }
 
 
-def _pixels(pixels: dict[str, Any] | None, best: dict[str, Any] | None,
+def _pixels(pixels: dict[str, Any] | None, best: TrialRecord | None,
             headline: dict[str, Any] | None,
             findings: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The raw-pixel yardstick beside the recommendation (`headline`: its test score);
@@ -201,7 +203,7 @@ def _pixels(pixels: dict[str, Any] | None, best: dict[str, Any] | None,
     where = "test" if ours is not None and pixels.get("test") is not None else "validation"
     ref = pixels["test"] if where == "test" else pixels["val"]
     if best is not None and ours is None:
-        ours = best["value"]
+        ours = best.value
     gain = None if ours is None else 100.0 * (ours - ref)
     if gain is not None and gain <= 0:
         findings[:] = [f for f in findings if f["title"] != "No problems detected"]
@@ -216,23 +218,26 @@ def _pixels(pixels: dict[str, Any] | None, best: dict[str, Any] | None,
     return dict(pixels, where=where, reference=ref, gain_points=gain)
 
 
-def _constraints(config: Any, complete: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mark each complete trial `eligible` under --max-latency-ms / --max-params."""
+def _constraints(config: Any, complete: list[TrialRecord]
+                 ) -> tuple[list[TrialRecord], dict[str, Any]]:
+    """The complete trials marked `eligible` under --max-latency-ms / --max-params, and
+    those limits in words."""
     from tlsearch.study import meets_constraints
 
-    for t in complete:
-        t["eligible"] = meets_constraints(config, t["latency_ms"], t["params_total"])
+    complete = [dataclasses.replace(t, eligible=meets_constraints(config, t.latency_ms,
+                                                                  t.params_total))
+                for t in complete]
     limits = []
     if getattr(config, "max_latency_ms", None) is not None:
         limits.append(f"at most {config.max_latency_ms:g} ms per image on CPU")
     if getattr(config, "max_params", None) is not None:
         limits.append(f"at most {config.max_params:,} parameters")
-    excluded = [t["number"] for t in complete if not t["eligible"]]
-    return {"limits": limits, "excluded": excluded,
-            "none_eligible": bool(complete) and len(excluded) == len(complete)}
+    excluded = [t.number for t in complete if not t.eligible]
+    return complete, {"limits": limits, "excluded": excluded,
+                      "none_eligible": bool(complete) and len(excluded) == len(complete)}
 
 
-def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
+def _baselines(trials: list[TrialRecord], best: TrialRecord | None,
                metric: str, test_scores: dict[str, Any],
                headline: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Each standard recipe's trial, and how the recommendation (on test: `headline`)
@@ -243,35 +248,35 @@ def _baselines(trials: list[dict[str, Any]], best: dict[str, Any] | None,
     recipes = {b.name: b for b in BASELINES}
     rows = []
     for t in trials:
-        name = t["baseline"] or ("floor" if t.get("floor") is not None else None)
+        name = t.baseline or ("floor" if t.floor is not None else None)
         if name == "floor":
-            titles["floor"] = (f"linear probe on trial #{t['floor']}'s backbone and size "
+            titles["floor"] = (f"linear probe on trial #{t.floor}'s backbone and size "
                                "(the floor check)")
-        if not name or t["state"] in ("waiting",) or (
-                t["failure_reason"] in NOT_THE_RECIPE and t["state"] == "failed"):
+        if not name or t.state in ("waiting",) or (
+                t.failure_reason in NOT_THE_RECIPE and t.state == "failed"):
             continue
         recipe = recipes.get(name)
         row = {"name": display(name), "title": titles.get(name, display(name)),
                "source": recipe.source if recipe else "",
                "deviations": recipe.deviations if recipe else "",
-               "number": t["number"], "state": t["state"], "value": t["value"],
-               "seconds": t["seconds"], "gain_points": None, "time_ratio": None,
-               "is_best": best is not None and best["number"] == t["number"],
-               "test": (test_scores.get(str(t["number"])) or {}).get("value"),
+               "number": t.number, "state": t.state, "value": t.value,
+               "seconds": t.seconds, "gain_points": None, "time_ratio": None,
+               "is_best": best is not None and best.number == t.number,
+               "test": (test_scores.get(str(t.number)) or {}).get("value"),
                "test_gain_points": None}
         best_test = (headline or {}).get("value") if best else None
         if best_test is not None and row["test"] is not None:
             row["test_gain_points"] = 100.0 * (best_test - row["test"])
-        if best is not None and t["state"] == "complete" and t["value"] is not None:
-            row["gain_points"] = 100.0 * (best["value"] - t["value"])
-            if best["seconds"] and t["seconds"]:
-                row["time_ratio"] = best["seconds"] / t["seconds"]
+        if best is not None and t.state == "complete" and t.value is not None:
+            row["gain_points"] = 100.0 * (best.value - t.value)
+            if best.seconds and t.seconds:
+                row["time_ratio"] = best.seconds / t.seconds
         rows.append(row)
     return rows
 
 
 def _blend_text(blend: dict[str, Any] | None, test_scores: dict[str, Any], trial: int,
-                trials: list[dict[str, Any]]) -> str | None:
+                trials: list[TrialRecord]) -> str | None:
     """What the floor blend is and what it changed on test, in one sentence."""
     if not blend:
         return None
@@ -292,14 +297,14 @@ def _blend_text(blend: dict[str, Any] | None, test_scores: dict[str, Any], trial
             "probe's forward pass at prediction time.")
 
 
-def _selection_text(selection: Any, complete: list[dict[str, Any]], metric: str) -> str | None:
+def _selection_text(selection: Any, complete: list[TrialRecord], metric: str) -> str | None:
     """Why this trial and not the top of the leaderboard, in one sentence (None when
     the recommendation is the best validation score)."""
     if selection is None or selection.chosen == selection.best:
         return None
     label = METRIC_LABELS.get(metric, metric)
-    best = next((t for t in complete if t["number"] == selection.best), None)
-    top = f"trial #{selection.best}" + (f" ({_short(best['strategy'])})" if best else "")
+    best = next((t for t in complete if t.number == selection.best), None)
+    top = f"trial #{selection.best}" + (f" ({_short(best.strategy)})" if best else "")
     return (f"Recommended over {top}, whose {label} on validation is "
             f"{100 * selection.margin:.1f} points higher: that lead is within one standard "
             f"error of the difference ({100 * (selection.standard_error or 0):.1f} points, "
@@ -307,7 +312,7 @@ def _selection_text(selection: Any, complete: list[dict[str, Any]], metric: str)
             "parameters. Search with --select best to recommend the top trial instead.")
 
 
-def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]],
+def _ranking(rows: list[dict[str, Any]], complete: list[TrialRecord],
              ranker: str = "probe") -> dict[str, Any]:
     """The ranking (by `ranker`, the one that ordered the study) next to what training
     found, with their rank correlation."""
@@ -315,9 +320,9 @@ def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]],
         return {"rows": [], "spearman": None, "note": None, "agreement": [], "ranker": ranker}
     best_by_key: dict[str, float] = {}
     for t in complete:
-        s = t["strategy"] or {}
+        s = t.strategy or {}
         key = f"{s.get('backbone')}@{s.get('image_size')}"
-        best_by_key[key] = max(best_by_key.get(key, -1.0), t["value"])
+        best_by_key[key] = max(best_by_key.get(key, -1.0), t.value)
     table = [{"key": display(r["key"]), "logme": r["logme"],
               "probe": r.get("probe_balanced_accuracy"), "best": best_by_key.get(r["key"]),
               "knn": r.get("knn"), "hscore": r.get("hscore"), "sfda": _finite(r.get("sfda")),
@@ -342,17 +347,17 @@ def _ranking(rows: list[dict[str, Any]], complete: list[dict[str, Any]],
             "ranker": ranker}
 
 
-def _board_row(t: dict[str, Any]) -> dict[str, Any]:
-    s = t["strategy"] or {}
+def _board_row(t: TrialRecord) -> dict[str, Any]:
+    s = t.strategy or {}
     return {
-        "rank": t.get("rank"), "number": t["number"], "value": t["value"],
-        "baseline": display(t["baseline"]) if t.get("baseline") else None,
-        "prior": (f"{display(t['prior']['source'])} #{t['prior']['trial']}"
-                  if t.get("prior") else None),
-        "eligible": t.get("eligible", True),
-        "accuracy": t["metrics"].get("accuracy"),
-        "balanced_accuracy": t["metrics"].get("balanced_accuracy"),
-        "macro_f1": t["metrics"].get("macro_f1"),
+        "rank": t.rank, "number": t.number, "value": t.value,
+        "baseline": display(t.baseline) if t.baseline else None,
+        "prior": (f"{display(t.prior['source'])} #{t.prior['trial']}"
+                  if t.prior else None),
+        "eligible": t.eligible,
+        "accuracy": t.metrics.get("accuracy"),
+        "balanced_accuracy": t.metrics.get("balanced_accuracy"),
+        "macro_f1": t.metrics.get("macro_f1"),
         "backbone": f"{s.get('backbone')}@{s.get('image_size')}" if s else "?",
         "unfreeze": ("0" if not _fine_tunes(s) else _unfreeze_text(s["unfreeze_blocks"])
                      + (" (gradual)" if s.get("gradual") else "")) if s else "?",
@@ -362,6 +367,6 @@ def _board_row(t: dict[str, Any]) -> dict[str, Any]:
         "augmentation": s.get("augmentation"), "imbalance": s.get("imbalance"),
         "epochs": (s["head_epochs"] + (s["finetune_epochs"] if _fine_tunes(s) else 0))
         if s else None,
-        "seconds": t["seconds"], "latency_ms": t["latency_ms"],
-        "retry_of": t["retry_of"],
+        "seconds": t.seconds, "latency_ms": t.latency_ms,
+        "retry_of": t.retry_of,
     }

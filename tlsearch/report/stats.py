@@ -7,12 +7,15 @@ import json
 import math
 import statistics
 from collections import Counter, defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tlsearch.metrics import metric_value
 from tlsearch.report.wording import _fine_tunes, _value_text
+
+if TYPE_CHECKING:  # records.py reads `_finite` from here
+    from tlsearch.report.records import TrialRecord
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "bootstrap_interval", "pareto_front"]
 
@@ -88,17 +91,17 @@ def pareto_front(points: list[tuple[int, float, float]]) -> list[int]:
     return sorted(front)
 
 
-def _aggregates(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _aggregates(trials: list[TrialRecord]) -> list[dict[str, Any]]:
     """Outcomes per value of each strategy field that varied across trials."""
     out = []
     # A trial stopped by its worker dying or by Ctrl-C says nothing about its recipe.
     with_strategy = [t for t in trials
-                     if t["strategy"] and t["state"] in ("complete", "pruned", "failed")
-                     and t["failure_reason"] not in NOT_THE_RECIPE]
+                     if t.strategy and t.state in ("complete", "pruned", "failed")
+                     and t.failure_reason not in NOT_THE_RECIPE]
     for key, label in AGGREGATE_KEYS:
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for t in with_strategy:
-            s = t["strategy"]
+            s = t.strategy
             if key == "backbone":
                 value = f"{s['backbone']}@{s['image_size']}"
             elif key in ("bn_mode", "gradual", "finetune_epochs") and not _fine_tunes(s):
@@ -112,14 +115,14 @@ def _aggregates(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         rows = []
         for value, members in sorted(groups.items(), key=lambda kv: kv[0]):
-            values = [t["value"] for t in members if t["value"] is not None]
-            reasons = Counter(t["failure_reason"] or "unknown" for t in members
-                              if t["state"] == "failed")
+            values = [t.value for t in members if t.value is not None]
+            reasons = Counter(t.failure_reason or "unknown" for t in members
+                              if t.state == "failed")
             rows.append({
                 "value": value, "trials": len(members),
-                "complete": sum(t["state"] == "complete" for t in members),
-                "pruned": sum(t["state"] == "pruned" for t in members),
-                "failed": sum(t["state"] == "failed" for t in members),
+                "complete": sum(t.state == "complete" for t in members),
+                "pruned": sum(t.state == "pruned" for t in members),
+                "failed": sum(t.state == "failed" for t in members),
                 "reasons": dict(reasons),
                 "best": max(values) if values else None,
                 "median": _median(values),
@@ -128,12 +131,12 @@ def _aggregates(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _importance(study: Any, complete: list[dict[str, Any]],
+def _importance(study: Any, complete: list[TrialRecord],
                 searched: dict[str, Any]) -> dict[str, Any]:
     """Optuna's parameter importances, or a note saying why there are none."""
     varying = [name for name in searched
-               if len({json.dumps(t["params"].get(name), default=str) for t in complete
-                       if name in t["params"]}) > 1]
+               if len({json.dumps(t.params.get(name), default=str) for t in complete
+                       if name in t.params}) > 1]
     if len(complete) < 2:
         return {"values": [], "note": "Parameter importance needs at least two completed "
                                       f"trials; this study has {len(complete)}."}
@@ -158,18 +161,18 @@ def _importance(study: Any, complete: list[dict[str, Any]],
             "evaluator": "PED-ANOVA (Optuna's default)"}
 
 
-def _cost_summary(complete: list[dict[str, Any]]) -> str | None:
+def _cost_summary(complete: list[TrialRecord]) -> str | None:
     if len(complete) < 2:
         return None
     best = complete[0]
-    near = [t for t in complete if t["value"] >= best["value"] - 0.01]
-    timed = [t for t in near if t["latency_ms"] is not None]
+    near = [t for t in complete if t.value >= best.value - 0.01]
+    timed = [t for t in near if t.latency_ms is not None]
     if not timed:
         return None
-    fastest = min(timed, key=lambda t: t["latency_ms"])
-    if fastest["number"] == best["number"]:
+    fastest = min(timed, key=lambda t: t.latency_ms)
+    if fastest.number == best.number:
         return (f"The recommended trial is also the fastest at prediction among those within "
-                f"1 point of it ({fastest['latency_ms']:.1f} ms per image on CPU).")
-    return (f"Trial #{fastest['number']} scores within 1 point of the best and predicts in "
-            f"{fastest['latency_ms']:.1f} ms per image on CPU (the best: "
-            f"{best['latency_ms']:.1f} ms); prefer it where speed matters.")
+                f"1 point of it ({fastest.latency_ms:.1f} ms per image on CPU).")
+    return (f"Trial #{fastest.number} scores within 1 point of the best and predicts in "
+            f"{fastest.latency_ms:.1f} ms per image on CPU (the best: "
+            f"{best.latency_ms:.1f} ms); prefer it where speed matters.")
