@@ -1,10 +1,15 @@
 """Report assembly: a study folder -> one plain dict the template renders.
 
-Everything here is plain data (dicts, lists, numbers, strings): no Optuna, Keras or
-Matplotlib objects leave this module, so the template and the plots can be tested on
-hand-written contexts. Dataset strings (class and file names) are passed through
-`display` (control and bidi characters shown as escapes, never interpreted); HTML
-escaping is the template's job (Jinja2 autoescape) and the plots' (`plots.py`).
+The parts have their own modules: `records` (the study read into trial records),
+`stats`, `diagnosis`, `sections`, `wording` (a recipe in words) and `script` (the
+standalone Keras script); `build_context` puts them together.
+
+Everything in the context is plain data (dicts, lists, numbers, strings): no Optuna,
+Keras or Matplotlib object and no trial record (the context holds its `to_dict()`)
+leaves it, so the template and the plots can be tested on hand-written contexts.
+Dataset strings (class and file names) are passed through `display` (control and bidi
+characters shown as escapes, never interpreted); HTML escaping is the template's job
+(Jinja2 autoescape) and the plots' (`plots.py`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ from tlsearch.report.wording import (
     display,
 )
 
+# This module's names from before the split, still importable from here (their homes
+# are the modules above) for code written against it.
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "GALLERY_LIMIT",

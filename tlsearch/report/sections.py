@@ -352,8 +352,7 @@ def _board_row(t: TrialRecord) -> dict[str, Any]:
     return {
         "rank": t.rank, "number": t.number, "value": t.value,
         "baseline": display(t.baseline) if t.baseline else None,
-        "prior": (f"{display(t.prior['source'])} #{t.prior['trial']}"
-                  if t.prior else None),
+        "prior": f"{display(t.prior['source'])} #{t.prior['trial']}" if t.prior else None,
         "eligible": t.eligible,
         "accuracy": t.metrics.get("accuracy"),
         "balanced_accuracy": t.metrics.get("balanced_accuracy"),
