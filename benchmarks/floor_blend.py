@@ -37,8 +37,8 @@ def one_study(study_dir: Path) -> dict | None:
 
     from tlsearch.baselines import is_linear_probe
     from tlsearch.data import Split
+    from tlsearch.metrics import metric_value
     from tlsearch.recommend import recommend_trial
-    from tlsearch.report.context import metric_value
     from tlsearch.search import MODEL_FILE, load_config, open_study
     from tlsearch.strategy import Strategy
 

@@ -50,7 +50,7 @@ def _bbc_lead(labels, val, probe, metric, k, *, calibrated=None, seed=0):
     "pick the top validation trial, average it with the probe" over the probe alone:
     on each resample of the validation images the in-bag top is picked and the blend's
     out-of-bag score is compared with the probe's on the same out-of-bag images."""
-    from tlsearch.report.context import metric_value
+    from tlsearch.metrics import metric_value
 
     rng = np.random.default_rng(seed)
     numbers = sorted(val)
@@ -76,8 +76,8 @@ def _study_rows(study_dir: Path) -> dict | None:
     from tlsearch.calibration import calibrate, fit_temperature
     from tlsearch.data import Split
     from tlsearch.holdout import _predict, _val_probs
+    from tlsearch.metrics import metric_value
     from tlsearch.recommend import floor_partner, paired_standard_error
-    from tlsearch.report.context import metric_value
     from tlsearch.search import MODEL_FILE, SPLIT_FILE, load_config, open_study, study_summary
 
     config = load_config(study_dir)

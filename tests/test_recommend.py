@@ -27,7 +27,7 @@ def test_a_simpler_trial_within_one_standard_error_is_recommended():
     weak = labels.copy()
     weak[:80] = (labels[:80] + 1) % 3  # 60%
     probs = {1: _probs(big), 2: _probs(small), 3: _probs(weak)}
-    from tlsearch.report.context import metric_value
+    from tlsearch.metrics import metric_value
 
     value = {n: metric_value("accuracy", labels, p.argmax(1), 3) for n, p in probs.items()}
     cands = [Candidate(1, value[1], 1_000_000), Candidate(2, value[2], 1_000),
@@ -255,7 +255,7 @@ def test_a_fine_tuned_recommendation_is_averaged_with_its_floor_on_test_and_in_e
     for n in (0, 1):
         model = kept.load(handle.trial_dir(n))
         probs.append(model.predict(x, verbose=0))
-    from tlsearch.report.context import metric_value
+    from tlsearch.metrics import metric_value
 
     mean = np.mean([calibrate(p, t) for p, t in zip(probs, scales, strict=True)], axis=0)
     assert blend["value"] == pytest.approx(metric_value(

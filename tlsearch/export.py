@@ -383,7 +383,7 @@ def _score_exported(model: Any, views: Sequence[str], split: Any, config: Any, h
         return None
     from tlsearch.calibration import expected_calibration_error
     from tlsearch.data import decode_image
-    from tlsearch.report.context import bootstrap_interval
+    from tlsearch.report.stats import bootstrap_interval
     from tlsearch.train import compute_metrics
     from tlsearch.tta import tta_probabilities
 

@@ -133,7 +133,7 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
     from optuna.trial import TrialState
 
     from tlsearch.data import Split
-    from tlsearch.report.context import bootstrap_interval
+    from tlsearch.report.stats import bootstrap_interval
     from tlsearch.search import SPLIT_FILE, study_summary
     from tlsearch.train import compute_metrics
 
@@ -218,7 +218,8 @@ def _blend(handle: Any, members: tuple[int, int], previous: dict[str, Any] | Non
     validation temperature), scored on test once per pair of models; None when a
     member's model or validation predictions are missing."""
     from tlsearch.calibration import fit_temperature
-    from tlsearch.report.context import bootstrap_interval, metric_value
+    from tlsearch.metrics import metric_value
+    from tlsearch.report.stats import bootstrap_interval
     from tlsearch.train import compute_metrics
 
     models = [handle.trial_dir(n) for n in members]

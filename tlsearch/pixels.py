@@ -47,7 +47,7 @@ def pixel_probe(root: Path, split: Any, metric: str, *, size: int = SIZE,
     from sklearn.preprocessing import StandardScaler
 
     from tlsearch.head import one_blas_thread
-    from tlsearch.report.context import metric_value
+    from tlsearch.metrics import metric_value
 
     paths, labels = split.paths("train"), split.labels("train")
     if len(paths) > max_train:

@@ -62,7 +62,7 @@ class Selection:
 def paired_standard_error(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
                           metric: str, *, resamples: int = RESAMPLES, seed: int = SEED) -> float:
     """Bootstrap standard error of metric(a) − metric(b) over the same images."""
-    from tlsearch.report.context import metric_value
+    from tlsearch.metrics import metric_value
 
     labels = np.asarray(labels, dtype=np.int64)
     pred_a, pred_b = np.asarray(probs_a).argmax(axis=1), np.asarray(probs_b).argmax(axis=1)

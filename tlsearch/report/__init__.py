@@ -14,7 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tlsearch.report.context import build_context, display
+from tlsearch.report.context import build_context
+from tlsearch.report.wording import display
 
 __all__ = ["build_report", "render_report"]
 
