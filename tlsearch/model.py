@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tlsearch.backbones import BackboneSpec, Blocks, build_backbone, find_blocks, get_spec
+from tlsearch.recipes import AUGMENTATIONS, PREPROCESSING
 from tlsearch.strategy import ALL_BLOCKS, Strategy
 
 # Keras 3 warns on every call of a nested functional model (our head) that the input
@@ -37,90 +38,26 @@ warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't ma
                         category=UserWarning)
 
 __all__ = [
-    "AUGMENTATION_LEVELS",
     "TransferModel",
     "augmentation_layers",
     "build_transfer_model",
     "preprocessing_layers",
 ]
 
-_IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-_IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-#: What each augmentation level does, as documented to users (and in the report).
-AUGMENTATION_LEVELS = {
-    "none": "no augmentation",
-    "light": "horizontal flip, rotation ±5%, zoom ±10%, translation ±5%",
-    "medium": "horizontal flip, rotation ±10%, zoom ±15%, translation ±10%, "
-              "contrast ±20%, brightness ±20%",
-    "strong": "horizontal flip, zoom ±20%, translation ±10%, then RandAugment "
-              "(2 random ops, magnitude 0.5)",
-}
-
-
 def preprocessing_layers(family: str) -> list[Any]:
-    """The backbone family's `preprocess_input`, as built-in Keras layers.
-
-    Input is raw RGB in 0-255. Built-in layers (rather than a custom layer) keep
-    exported models loadable by plain Keras without registering anything.
-    """
-    from keras import layers
-
-    if family == "none":
-        return []
-    if family == "tf":
-        return [layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_tf")]
-    if family == "torch":
-        return [
-            layers.Rescaling(1.0 / 255.0, name="preprocess_torch_scale"),
-            layers.Normalization(mean=list(_IMAGENET_MEAN_RGB),
-                                 variance=[s * s for s in _IMAGENET_STD_RGB],
-                                 name="preprocess_torch_normalize"),
-        ]
-    if family == "caffe":
-        # RGB->BGR and mean subtraction as one fixed affine map over channels; products
-        # with exact 0/1 weights keep it bit-identical to `preprocess_input`.
-        dense = layers.Dense(3, trainable=False, name="preprocess_caffe_bgr_mean")
-        dense.build((None, None, None, 3))
-        dense.set_weights([np.eye(3, dtype="float32")[::-1].copy(),
-                           -np.asarray(_CAFFE_MEAN_BGR, dtype="float32")])
-        return [dense]
-    raise ValueError(f"unknown preprocessing family {family!r}")
+    """The backbone family's `preprocess_input`, as built-in Keras layers
+    (`tlsearch.recipes.PREPROCESSING`); input is raw RGB in 0-255."""
+    if family not in PREPROCESSING:
+        raise ValueError(f"unknown preprocessing family {family!r}")
+    return PREPROCESSING[family].build({})
 
 
 def augmentation_layers(level: str, *, seed: int = 0) -> list[Any]:
-    """Keras random-preprocessing layers for a strength level (active only in training)."""
-    from keras import layers
-
-    if level == "none":
-        return []
-    if level == "light":
-        return [
-            layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
-            layers.RandomRotation(0.05, seed=seed + 1, name="aug_rotate"),
-            layers.RandomZoom(0.1, seed=seed + 2, name="aug_zoom"),
-            layers.RandomTranslation(0.05, 0.05, seed=seed + 3, name="aug_translate"),
-        ]
-    if level == "medium":
-        return [
-            layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
-            layers.RandomRotation(0.1, seed=seed + 1, name="aug_rotate"),
-            layers.RandomZoom(0.15, seed=seed + 2, name="aug_zoom"),
-            layers.RandomTranslation(0.1, 0.1, seed=seed + 3, name="aug_translate"),
-            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4, name="aug_contrast"),
-            layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 5,
-                                    name="aug_brightness"),
-        ]
-    if level == "strong":
-        return [
-            layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
-            layers.RandomZoom(0.2, seed=seed + 2, name="aug_zoom"),
-            layers.RandomTranslation(0.1, 0.1, seed=seed + 3, name="aug_translate"),
-            layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 6,
-                               name="aug_randaugment"),
-        ]
-    raise ValueError(f"unknown augmentation level {level!r}")
+    """Keras random-preprocessing layers for a strength level (active only in training),
+    from `tlsearch.recipes.AUGMENTATIONS`."""
+    if level not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation level {level!r}")
+    return AUGMENTATIONS[level].build({"seed": seed})
 
 
 def reestimate_statistics(bns: list[Any], forward: Any, images: np.ndarray,

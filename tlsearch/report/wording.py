@@ -104,7 +104,7 @@ def _weights_text(weights: str, spec: Any = None) -> tuple[str, str | None]:
 
 
 def _recipe_rows(s: dict[str, Any], spec: Any, params_total: Any) -> list[dict[str, str]]:
-    from tlsearch.model import AUGMENTATION_LEVELS
+    from tlsearch.recipes import AUGMENTATIONS
 
     rows = []
     size = s["image_size"]
@@ -141,7 +141,8 @@ def _recipe_rows(s: dict[str, Any], spec: Any, params_total: Any) -> list[dict[s
     rows.append({"label": "BatchNorm", "value": s["bn_mode"],
                  "detail": BN_EXPLAINED.get(s["bn_mode"], "")})
     rows.append({"label": "Augmentation", "value": s["augmentation"],
-                 "detail": AUGMENTATION_LEVELS.get(s["augmentation"], "")})
+                 "detail": AUGMENTATIONS[s["augmentation"]].description
+                 if s["augmentation"] in AUGMENTATIONS else ""})
     rows.append({"label": "Imbalance remedy", "value": s["imbalance"],
                  "detail": IMBALANCE_EXPLAINED.get(s["imbalance"], "")})
     epochs = f"{s['head_epochs']} head"
