@@ -73,7 +73,7 @@ class Call:
                   **{k: _resolve(v, values) for k, v in self.kwargs})
         if self.weights is not None:
             made.build((None, None, None, 3))
-            made.set_weights([w.copy() for w in self.weights])
+            made.set_weights([w.astype("float32") for w in self.weights])
         return made
 
     def source(self, values: Mapping[str, Any], names: Mapping[str, str]) -> str:
@@ -102,10 +102,10 @@ class Recipe:
         lines = [f"{variable} = [{items}]"]
         for i, call in enumerate(self.calls):
             if call.weights is not None:
-                arrays = ", ".join(f"np.array({w.tolist()!r}, dtype=\"float32\")"
-                                   for w in call.weights)
+                arrays = ",\n".join(f"    np.array({w.tolist()!r}, dtype=\"float32\")"
+                                     for w in call.weights)
                 lines += [f"{variable}[{i}].build((None, None, None, 3))",
-                          f"{variable}[{i}].set_weights([{arrays}])"]
+                          f"{variable}[{i}].set_weights([\n{arrays}])"]
         return "\n".join(lines)
 
 
@@ -176,8 +176,7 @@ PREPROCESSING = {
     # exact 0/1 weights keep it bit-identical to `preprocess_input`.
     "caffe": Recipe("RGB to BGR, minus the ImageNet mean (caffe)", (
         Call("layers.Dense", (3,), (("trainable", False), ("name", "preprocess_caffe_bgr_mean")),
-             weights=(np.eye(3, dtype="float32")[::-1].copy(),
-                      -np.asarray(CAFFE_MEAN_BGR, dtype="float32"))),
+             weights=(np.eye(3)[::-1].copy(), -np.asarray(CAFFE_MEAN_BGR))),
     )),
 }
 
