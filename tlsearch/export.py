@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tlsearch import kept
+from tlsearch.atomic import atomic_write, replacing
 
 __all__ = [
     "ExportError",
@@ -44,12 +45,6 @@ class ExportError(RuntimeError):
 
 class UnsafeModelError(ExportError):
     """The model file contains code (a Lambda layer) or objects we do not know."""
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_model_safely(path: Path) -> Any:
@@ -207,12 +202,11 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         from tlsearch.calibration import scale_head
 
         scale_head(model, temperature)
-    tmp = out / f".{os.getpid()}.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, out / MODEL_FILE)
+    with replacing(out / MODEL_FILE) as tmp:
+        model.save(tmp)
     labels = list(split.classes)
-    _write_text(out / "labels.json", json.dumps(labels, indent=1, ensure_ascii=True))
-    _write_text(out / "strategy.json", strategy.to_json())
+    atomic_write(out / "labels.json", json.dumps(labels, indent=1, ensure_ascii=True))
+    atomic_write(out / "strategy.json", strategy.to_json())
     summary: dict[str, Any] = {
         "trial": chosen.number, "study": config.study, "metrics": metrics,
         "objective": chosen.value, "metric": handle.study.user_attrs.get("metric"),
@@ -254,8 +248,8 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
             | {"views": summary["tta"]["views"]})
     if tflite:
         summary["tflite"] = _export_tflite(out, strategy, split, config)
-    _write_text(out / "export.json", json.dumps(summary, indent=2, default=str))
-    _write_text(out / "MODEL_CARD.md", _model_card(summary, strategy, labels))
+    atomic_write(out / "export.json", json.dumps(summary, indent=2, default=str))
+    atomic_write(out / "MODEL_CARD.md", _model_card(summary, strategy, labels))
     return summary
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from tlsearch.atomic import atomic_write, replacing
+
 __all__ = ["HEAD_FILE", "HEAD_META", "MODEL_FILE", "drop", "exists", "load", "save", "stamp",
            "weights_digest"]
 
@@ -73,19 +75,15 @@ def save(trial_dir: Path, result: Any) -> None:
     head's manifest is written last, so a kill never leaves a head without weights."""
     drop(trial_dir)
     if result.backbone_digest is None:
-        tmp = trial_dir / f".{os.getpid()}.tmp.keras"
-        result.model.save(tmp)
-        os.replace(tmp, trial_dir / MODEL_FILE)
+        with replacing(trial_dir / MODEL_FILE) as tmp:
+            result.model.save(tmp)
         return
-    tmp = trial_dir / f".{os.getpid()}.tmp.weights.h5"
-    result.model.get_layer("head").save_weights(tmp)
-    os.replace(tmp, trial_dir / HEAD_FILE)
+    with replacing(trial_dir / HEAD_FILE) as tmp:
+        result.model.get_layer("head").save_weights(tmp)
     meta = {"format": FORMAT, "strategy": result.strategy.to_dict(),
             "num_classes": int(result.model.output.shape[-1]),
             "backbone_sha256": result.backbone_digest}
-    tmp = trial_dir / f".{HEAD_META}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(tmp, trial_dir / HEAD_META)
+    atomic_write(trial_dir / HEAD_META, json.dumps(meta, indent=1, sort_keys=True))
 
 
 def load(trial_dir: Path) -> Any:

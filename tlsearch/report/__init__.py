@@ -9,11 +9,10 @@ imported.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
+from tlsearch.atomic import atomic_write
 from tlsearch.report.context import build_context
 from tlsearch.report.wording import display
 
@@ -82,11 +81,5 @@ def build_report(study_dir: Path, out: Path | None = None, *, top: int = 5) -> P
     text = render_report(context)
     out = Path(out) if out is not None else Path("reports") / f"{study_dir.name}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic: a reader (or a browser reloading) never sees half a report.
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out, text)  # a reader (or a browser reloading) never sees half a report
     return out
