@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tlsearch.recipes import PREPROCESSING
+
 __all__ = [
     "BackboneSpec",
     "Blocks",
@@ -32,7 +34,9 @@ __all__ = [
     "weights_identity",
 ]
 
-PREPROCESSING_FAMILIES = ("tf", "torch", "caffe", "none")
+PREPROCESSING_FAMILIES = tuple(PREPROCESSING)  # the recipes table's families
+#: The cut of a backbone with nothing unfrozen: the whole backbone is the frozen prefix.
+OUTPUT_CUT = "<output>"
 
 
 class UnknownBackboneError(KeyError):
@@ -240,7 +244,7 @@ class Blocks:
         """
         n = len(self.boundaries)
         if unfreeze_blocks == 0 or n == 0:
-            return "<output>"
+            return OUTPUT_CUT
         if unfreeze_blocks < 0:
             return None
         return self.boundaries[n - min(unfreeze_blocks, n)]

@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from tlsearch.backbones import BackboneSpec, Blocks, build_backbone, find_blocks, get_spec
+from tlsearch.backbones import (
+    OUTPUT_CUT,
+    BackboneSpec,
+    Blocks,
+    build_backbone,
+    find_blocks,
+    get_spec,
+)
 from tlsearch.recipes import AUGMENTATIONS, PREPROCESSING
 from tlsearch.strategy import ALL_BLOCKS, Strategy
 
@@ -158,7 +165,7 @@ class TransferModel:
         cut = self.blocks.cut_for(blocks)
         if cut is None:
             start = 0
-        elif cut == "<output>":
+        elif cut == OUTPUT_CUT:
             start = len(ops)
         else:
             start = next(i for i, op in enumerate(ops) if op.name == cut) + 1
@@ -250,7 +257,7 @@ class TransferModel:
         import tensorflow as tf
 
         # By what it computes: a head-only strategy's prefix is the whole backbone.
-        key = "<output>" if part is self.backbone else str(self.cut)
+        key = OUTPUT_CUT if part is self.backbone else str(self.cut)
         if key not in self.extractors:
             size = self.strategy.image_size
             inputs = keras.Input((size, size, 3), name="image_rgb_0_255")
@@ -423,7 +430,7 @@ def _split(backbone: Any, cut: str | None) -> tuple[Any, Any]:
 
     if cut is None:
         return None, backbone
-    if cut == "<output>":
+    if cut == OUTPUT_CUT:
         return backbone, None
     tensor = next(op for op in backbone.operations if op.name == cut).output
     prefix = keras.Model(backbone.inputs, tensor, name="prefix")

@@ -17,6 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tlsearch.strategy import ALL_BLOCKS
+
 __all__ = ["SearchProgress", "render_status"]
 
 
@@ -183,7 +185,7 @@ def render_status(console: Console, summary: dict[str, Any], config: Any) -> Non
         s = row["strategy"] or {}
         unfreeze = s.get("unfreeze_blocks")
         table.add_row(str(row["number"]), f"{row['value']:.4f}", s.get("backbone", "?"),
-                      str(s.get("image_size")), "all" if unfreeze == -1 else str(unfreeze),
+                      str(s.get("image_size")), "all" if unfreeze == ALL_BLOCKS else str(unfreeze),
                       s.get("bn_mode", ""), s.get("augmentation", ""), s.get("imbalance", ""),
                       f"{s.get('head_lr', 0):.2g}", escape(str(s.get("weights", ""))[-40:]),
                       f"{row['seconds'] or 0:.0f}", f"{row['latency_ms'] or 0:.1f}")

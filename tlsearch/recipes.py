@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 __all__ = [
     "AUGMENTATIONS",
+    "BATCHNORM",
+    "IMBALANCE",
     "LOSSES",
     "OPTIMIZERS",
     "PREPROCESSING",
@@ -61,10 +61,11 @@ class Call:
     target: str
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
-    weights: tuple[np.ndarray, ...] | None = None
+    weights: tuple[tuple, ...] | None = None
 
     def build(self, values: Mapping[str, Any]) -> Any:
         import keras
+        import numpy as np
 
         fn: Any = keras
         for part in self.target.split("."):
@@ -73,7 +74,7 @@ class Call:
                   **{k: _resolve(v, values) for k, v in self.kwargs})
         if self.weights is not None:
             made.build((None, None, None, 3))
-            made.set_weights([w.astype("float32") for w in self.weights])
+            made.set_weights([np.asarray(w, dtype="float32") for w in self.weights])
         return made
 
     def source(self, values: Mapping[str, Any], names: Mapping[str, str]) -> str:
@@ -102,11 +103,15 @@ class Recipe:
         lines = [f"{variable} = [{items}]"]
         for i, call in enumerate(self.calls):
             if call.weights is not None:
-                arrays = ",\n".join(f"    np.array({w.tolist()!r}, dtype=\"float32\")"
+                arrays = ",\n".join(f"    np.array({_lists(w)!r}, dtype=\"float32\")"
                                      for w in call.weights)
                 lines += [f"{variable}[{i}].build((None, None, None, 3))",
                           f"{variable}[{i}].set_weights([\n{arrays}])"]
         return "\n".join(lines)
+
+
+def _lists(value: Any) -> Any:
+    return [_lists(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _resolve(value: Any, values: Mapping[str, Any]) -> Any:
@@ -172,11 +177,13 @@ PREPROCESSING = {
             ("variance", [s * s for s in IMAGENET_STD_RGB]),
             ("name", "preprocess_torch_normalize"))),
     )),
-    # RGB->BGR and mean subtraction as one fixed affine map over channels; products with
-    # exact 0/1 weights keep it bit-identical to `preprocess_input`.
+    # RGB->BGR and mean subtraction as one fixed affine map over channels (a channel swap
+    # as the kernel, minus the mean as the bias); products with exact 0/1 weights keep it
+    # bit-identical to `preprocess_input`.
     "caffe": Recipe("RGB to BGR, minus the ImageNet mean (caffe)", (
         Call("layers.Dense", (3,), (("trainable", False), ("name", "preprocess_caffe_bgr_mean")),
-             weights=(np.eye(3)[::-1].copy(), -np.asarray(CAFFE_MEAN_BGR))),
+             weights=(((0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)),
+                      tuple(-m for m in CAFFE_MEAN_BGR))),
     )),
 }
 
@@ -199,6 +206,24 @@ LOSSES = {
         Call("losses.CategoricalFocalCrossentropy", (), (
             ("gamma", 2.0), ("label_smoothing", Arg("label_smoothing")),
             ("reduction", None))),)),
+}
+
+#: BatchNorm modes while fine-tuning (`tlsearch.model` sets them per layer).
+BATCHNORM = {
+    "frozen": "BatchNorm stays in inference mode and nothing in it updates (the safe default "
+              "for small datasets).",
+    "affine": "BatchNorm scale/shift (gamma, beta) of the unfrozen blocks learn; the moving "
+              "statistics stay as pretrained.",
+    "adapt": "BatchNorm layers use batch statistics while training and update their moving "
+             "statistics to the new data.",
+}
+
+#: Class-imbalance remedies: the loss's class weights, the epoch's sampling, the loss.
+IMBALANCE = {
+    "none": "no remedy: every image counts once",
+    "class_weight": "loss weighted per class, inversely to its frequency (sklearn 'balanced')",
+    "oversample": "each epoch draws classes uniformly (minority images repeat)",
+    "focal": "alpha-balanced focal loss (gamma 2, balanced class weights)",
 }
 
 #: Learning-rate schedules within a phase (`lr_factor`).
@@ -227,6 +252,11 @@ def lr_factor(schedule: str, epoch: int, epochs: int, warmup: int, plateau: floa
     return 1.0
 
 
+# Read once, at import: the file on disk may be a newer version by the time a report
+# is written.
+_SCHEDULE_SOURCE = inspect.getsource(lr_factor)
+
+
 def schedule_source() -> str:
     """`lr_factor`'s source, for the standalone script (which imports math)."""
-    return inspect.getsource(lr_factor)
+    return _SCHEDULE_SOURCE

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tlsearch import recipes
+
 __all__ = [
     "ALL_BLOCKS",
     "AUGMENTATIONS",
@@ -27,11 +29,12 @@ __all__ = [
 #: `unfreeze_blocks` value meaning "fine-tune the whole backbone".
 ALL_BLOCKS = -1
 
-BN_MODES = ("frozen", "affine", "adapt")
-AUGMENTATIONS = ("none", "light", "medium", "strong")
-IMBALANCE_REMEDIES = ("none", "class_weight", "oversample", "focal")
-SCHEDULES = ("constant", "cosine", "plateau")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+# The options a strategy may name: the recipes table's entries.
+BN_MODES = tuple(recipes.BATCHNORM)
+AUGMENTATIONS = tuple(recipes.AUGMENTATIONS)
+IMBALANCE_REMEDIES = tuple(recipes.IMBALANCE)
+SCHEDULES = tuple(recipes.SCHEDULES)
+OPTIMIZERS = tuple(recipes.OPTIMIZERS)
 #: How the head starts: `solve` standardizes the pooled features and fits a converged
 #: linear classifier on them (tlsearch.head), C chosen on validation, SGD epochs kept
 #: only if they win; `probe` is that solve at scikit-learn's defaults and nothing else

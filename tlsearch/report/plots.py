@@ -19,6 +19,8 @@ from typing import Any
 
 from markupsafe import Markup
 
+from tlsearch.strategy import ALL_BLOCKS
+
 __all__ = ["figures"]
 
 _BLUE, _ORANGE, _GREY, _RED, _GREEN = "#2563eb", "#ea580c", "#9ca3af", "#dc2626", "#16a34a"
@@ -184,7 +186,7 @@ def slice_figure(trials: list[dict[str, Any]], searched: dict[str, dict[str, Any
 
 
 def _param_text(name: str, value: Any) -> str:
-    if name == "unfreeze_blocks" and value == -1:
+    if name == "unfreeze_blocks" and value == ALL_BLOCKS:
         return "all"
     return str(value)
 
@@ -214,7 +216,8 @@ def curves_figure(curves: list[dict[str, Any]]) -> Markup | None:
             if prev.get("phase_index") == cur.get("phase_index"):
                 continue
             blocks = cur.get("unfrozen_blocks")
-            text = ("unfreeze all" if blocks == -1 else f"unfreeze {blocks}") if blocks else "head"
+            text = ("head" if not blocks else "unfreeze all" if blocks == ALL_BLOCKS
+                    else f"unfreeze {blocks}")
             for ax in axes[r]:
                 ax.axvline(cur["step"] - 0.5, linestyle=":", color=_GREY)
             axes[r][1].annotate(text, (cur["step"] - 0.4, 0.03), fontsize=7, color="#6b7280")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+from tlsearch.recipes import BATCHNORM, IMBALANCE
+from tlsearch.strategy import ALL_BLOCKS
+
 __all__ = ["METRIC_LABELS", "display"]
 
 #: Objective metrics as the report names them.
@@ -18,21 +21,6 @@ METRIC_LABELS = {
     "macro_f1": "macro F1",
 }
 #: Each BatchNorm mode in one sentence, beside the recipe's value.
-BN_EXPLAINED = {
-    "frozen": "BatchNorm stays in inference mode and nothing in it updates (the safe default "
-              "for small datasets).",
-    "affine": "BatchNorm scale/shift (gamma, beta) of the unfrozen blocks learn; the moving "
-              "statistics stay as pretrained.",
-    "adapt": "BatchNorm layers use batch statistics while training and update their moving "
-             "statistics to the new data.",
-}
-#: Each imbalance remedy in a few words.
-IMBALANCE_EXPLAINED = {
-    "none": "no remedy: every image counts once",
-    "class_weight": "loss weighted per class, inversely to its frequency (sklearn 'balanced')",
-    "oversample": "each epoch draws classes uniformly (minority images repeat)",
-    "focal": "alpha-balanced focal loss (gamma 2, balanced class weights)",
-}
 
 
 # Bidirectional controls make a name display as another one (U+202E reverses text).
@@ -58,7 +46,7 @@ def display(text: Any) -> str:
 
 
 def _unfreeze_text(blocks: int) -> str:
-    return "all" if blocks == -1 else str(blocks)
+    return "all" if blocks == ALL_BLOCKS else str(blocks)
 
 
 def _value_text(key: str, value: Any) -> str:
@@ -120,7 +108,7 @@ def _recipe_rows(s: dict[str, Any], spec: Any, params_total: Any) -> list[dict[s
     n_blocks = spec.n_blocks if spec else None
     if not _fine_tunes(s):
         unfreeze = "nothing: the backbone stays frozen, only the new head trains"
-    elif s["unfreeze_blocks"] == -1:
+    elif s["unfreeze_blocks"] == ALL_BLOCKS:
         unfreeze = "the whole backbone (every block and the stem)"
     else:
         k = s["unfreeze_blocks"]
@@ -139,12 +127,12 @@ def _recipe_rows(s: dict[str, Any], spec: Any, params_total: Any) -> list[dict[s
         + f", {s['schedule']} schedule"
         + (f", {s['warmup_epochs']} warm-up epochs" if s.get("warmup_epochs") else ""))})
     rows.append({"label": "BatchNorm", "value": s["bn_mode"],
-                 "detail": BN_EXPLAINED.get(s["bn_mode"], "")})
+                 "detail": BATCHNORM.get(s["bn_mode"], "")})
     rows.append({"label": "Augmentation", "value": s["augmentation"],
                  "detail": AUGMENTATIONS[s["augmentation"]].description
                  if s["augmentation"] in AUGMENTATIONS else ""})
     rows.append({"label": "Imbalance remedy", "value": s["imbalance"],
-                 "detail": IMBALANCE_EXPLAINED.get(s["imbalance"], "")})
+                 "detail": IMBALANCE.get(s["imbalance"], "")})
     epochs = f"{s['head_epochs']} head"
     if _fine_tunes(s):
         epochs += f" + {s['finetune_epochs']} fine-tuning"
