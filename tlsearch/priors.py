@@ -111,7 +111,8 @@ def _fit(param: Any, value: Any) -> Any:
 def map_onto(space: Any, prior: Prior) -> dict[str, Any] | None:
     """Optuna params of `space` for the prior (for `study.enqueue_trial`), or None when
     its backbone is not in the space."""
-    from tlsearch.space import SpaceError, _split_pair
+    from tlsearch.space import SpaceError
+    from tlsearch.space._model import _split_pair
 
     values: dict[str, Any] = {}
     backbone = prior.params.get("backbone")
