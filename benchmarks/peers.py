@@ -201,7 +201,8 @@ def run_tlsearch(spec: RunSpec, result: RunResult) -> None:
     from sklearn.metrics import balanced_accuracy_score
 
     from tlsearch.data import Split
-    from tlsearch.export import export_trial, load_exported, predict_paths
+    from tlsearch.export import export_trial
+    from tlsearch.predict import load_exported, predict_paths
     from tlsearch.search import SPLIT_FILE, SearchConfig, run_search
 
     work = Path(spec.workdir)

@@ -54,7 +54,7 @@ def test_export_records_the_decision_and_predict_applies_it(tmp_path):
     from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
     from tlsearch.data import decode_image
-    from tlsearch.export import load_exported
+    from tlsearch.predict import load_exported
     from tlsearch.search import SearchConfig, run_search
 
     data = write_colour_dataset(tmp_path / "data", {"red": 15, "green": 15})

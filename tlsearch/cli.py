@@ -607,7 +607,7 @@ def predict(
     """Predict images with an exported model, decoding them exactly as training did."""
     from rich.progress import Progress
 
-    from tlsearch.export import (
+    from tlsearch.predict import (
         format_predictions,
         iter_image_paths,
         load_exported,

@@ -8,12 +8,8 @@ fed training and validation, so a single image is predicted as it was validated.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,16 +18,12 @@ import numpy as np
 
 from tlsearch import kept
 from tlsearch.atomic import atomic_write, replacing
+from tlsearch.model_card import model_card
 
 __all__ = [
     "ExportError",
-    "Prediction",
     "UnsafeModelError",
     "export_trial",
-    "format_predictions",
-    "iter_image_paths",
-    "load_exported",
-    "predict_paths",
 ]
 
 MODEL_FILE = "model.keras"
@@ -249,7 +241,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
     if tflite:
         summary["tflite"] = _export_tflite(out, strategy, split, config)
     atomic_write(out / "export.json", json.dumps(summary, indent=2, default=str))
-    atomic_write(out / "MODEL_CARD.md", _model_card(summary, strategy, labels))
+    atomic_write(out / "MODEL_CARD.md", model_card(summary, strategy, labels))
     return summary
 
 
@@ -464,237 +456,3 @@ def _export_tflite(out: Path, strategy: Any, split: Any, config: Any) -> dict[st
     return report
 
 
-def _soup_line(soup: dict[str, Any] | None) -> str:
-    if soup is None:
-        return "- Weights: the trial's own (no soup asked for)"
-    if soup.get("recipe") == "uniform" and len(soup["ingredients"]) == 1:
-        return ("- Weights: the trial's own; no other kept model shares its architecture, so "
-                "the uniform soup is the trial")
-    if soup.get("recipe") == "uniform":
-        return (f"- Weights: uniform soup (weight average, nothing selected) of trials "
-                f"{', '.join(f'#{n}' for n in soup['ingredients'])}: {soup['val_score']:.4f} "
-                f"on validation vs {soup['first_val_score']:.4f} for the trial alone")
-    if len(soup["ingredients"]) == 1:
-        return (f"- Weights: the trial's own; a greedy soup tried {len(soup['tried'])} other "
-                "kept model(s) and none improved validation")
-    return (f"- Weights: greedy soup (weight average) of trials "
-            f"{', '.join(f'#{n}' for n in soup['ingredients'])}: {soup['val_score']:.4f} on "
-            f"validation vs {soup['first_val_score']:.4f} for the trial alone")
-
-
-def _ensemble_line(ensemble: dict[str, Any] | None, blend_floor: bool = False) -> str:
-    if ensemble is not None and blend_floor:
-        members = ensemble["members"]
-        return (f"- Ensemble: trial #{members[0]} averaged with the linear probe on its own "
-                f"backbone and size, trial #{members[1]} (the study's floor blend, each "
-                "member's probabilities scaled by its own validation temperature first): "
-                f"{ensemble['val_score']:.4f} on validation vs {ensemble['first_val_score']:.4f} "
-                "for the trial alone; the probe's forward pass is added per image; "
-                "`export --no-blend-floor` for the trial alone")
-    if ensemble is None:
-        return "- Ensemble: none asked for (one model)"
-    if len(ensemble["members"]) == 1:
-        return (f"- Ensemble: tried {len(ensemble['tried'])} other kept model(s) at this "
-                "image size; none improved validation, so one model")
-    return (f"- Ensemble: mean probabilities of trials "
-            f"{', '.join(f'#{n}' for n in ensemble['members'])}: {ensemble['val_score']:.4f} "
-            f"on validation vs {ensemble['first_val_score']:.4f} for the trial alone; "
-            f"{len(ensemble['members'])}x the compute per image")
-
-
-def _tta_line(tta: dict[str, Any]) -> str:
-    if tta["val_tta"] is None:
-        return "- Test-time augmentation: none (one view per image)"
-    views = ", ".join(tta["candidates"])
-    if tta["views"] == ["identity"]:
-        return (f"- Test-time augmentation: not adopted ({views} scored {tta['val_tta']:.4f} on "
-                f"validation vs {tta['val_plain']:.4f} for one view)")
-    return (f"- Test-time augmentation: probabilities averaged over {views} "
-            f"({tta['val_tta']:.4f} on validation vs {tta['val_plain']:.4f} for one view; "
-            f"{len(tta['views'])}x the compute per image); `predict --no-tta` for one view")
-
-
-def _calibration_line(summary: dict[str, Any]) -> str:
-    t = summary.get("temperature")
-    if t is None:
-        return "- Probabilities: the softmax as trained (not calibrated)"
-    return (f"- Probabilities: temperature-scaled, T = {t:.3f}, fitted on the validation "
-            "predictions (the final layer's weights are divided by T; no class changes)")
-
-
-def _test_lines(summary: dict[str, Any]) -> list[str]:
-    """The exported model's own test score, beside the recommended trial's."""
-    exported = summary.get("exported_test")
-    if exported is None:
-        return ["- Held-out test: none (the study has no test split, or the model was "
-                "retrained on validation too)"]
-    lines = [
-        f"- Held-out test of this exported model ({exported['n_test']} images no selection "
-        "saw; measured once, after every choice was made on validation): "
-        + ", ".join(f"{k} {v:.4f}" for k, v in exported["metrics"].items())
-        + f" (95% interval of {exported['metric']}: {exported['low']:.4f}-"
-        f"{exported['high']:.4f}); expected calibration error {exported['ece']:.4f} (15 bins)"]
-    trial, cal = summary.get("test"), summary.get("calibration")
-    if trial:
-        line = (f"- The recommended trial alone, as the search scored it on the same images: "
-                f"{exported['metric']} {trial['value']:.4f} "
-                f"({100 * (exported['value'] - trial['value']):+.1f} points for the export)")
-        if cal:
-            line += f"; its uncalibrated ECE {cal['ece_before']:.4f}"
-        lines.append(line)
-    return lines
-
-
-def _model_card(summary: dict[str, Any], strategy: Any, labels: Sequence[str]) -> str:
-    metrics = summary["metrics"]
-    lines = [
-        f"# Model card: {summary['study']} trial {summary['trial']}",
-        "",
-        f"- Strategy: {strategy.describe()}",
-        f"- Weights the backbone started from: {strategy.weights}",
-        f"- Trained on: {summary['trained_on']}",
-        "- Validation (selected on): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-        *_test_lines(summary),
-        _calibration_line(summary),
-        _tta_line(summary["tta"]),
-        _soup_line(summary.get("soup")),
-        _ensemble_line(summary.get("ensemble"), summary.get("blend_floor", False)),
-        f"- CPU latency, batch of one: {summary['latency_ms']:.1f} ms per image "
-        "(every member and view included)",
-        f"- Data fingerprint: {summary['fingerprint']}",
-        f"- Exported: {summary['exported']}",
-        f"- Classes ({len(labels)}): see labels.json (index -> name)",
-        "",
-        "## Input contract",
-        f"- RGB images resized to {strategy.image_size}x{strategy.image_size} "
-        f"({summary['resize_method']}, squashed, no crop; EXIF orientation applied; alpha "
-        "composited on white), values 0-255 as float32, shape (N, "
-        f"{strategy.image_size}, {strategy.image_size}, 3). The backbone's preprocessing is "
-        "inside the model: do not normalise.",
-        "- Output: class probabilities (softmax), in labels.json order.",
-        "",
-        "## Load with plain Keras",
-        "```python",
-        "import json, keras, numpy as np",
-        'model = keras.models.load_model("model.keras", safe_mode=True)',
-        'labels = json.load(open("labels.json"))',
-        f"# x: float32 array (N, {strategy.image_size}, {strategy.image_size}, 3) in 0-255",
-        "probs = model.predict(x)",
-        "```",
-        "Or `tlsearch predict <this folder> IMAGE...`, which decodes exactly as training did.",
-    ]
-    if "tflite" in summary:
-        lines += ["", "## TFLite", "```", json.dumps(summary["tflite"], indent=2), "```"]
-    return "\n".join(lines) + "\n"
-
-
-# -- prediction ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prediction:
-    path: str
-    top: tuple[tuple[str, float], ...] = ()
-    probabilities: tuple[float, ...] = ()
-    error: str | None = None  # a reason code from tlsearch.data when the file was unreadable
-
-
-@dataclass
-class ExportedModel:
-    model: Any
-    labels: list[str]
-    image_size: int
-    views: tuple[str, ...] = ("identity",)  # test-time augmentation adopted at export
-
-
-def load_exported(model_dir: Path) -> ExportedModel:
-    model_dir = Path(model_dir)
-    for name in (MODEL_FILE, "labels.json", "strategy.json"):
-        if not (model_dir / name).is_file():
-            raise ExportError(f"{model_dir} is not an exported model folder (missing {name})")
-    try:
-        labels = json.loads((model_dir / "labels.json").read_text())
-        size = int(json.loads((model_dir / "strategy.json").read_text())["image_size"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ExportError(f"{model_dir}: labels.json or strategy.json is invalid ({exc})") from None
-    from tlsearch.tta import VIEWS
-
-    views: tuple[str, ...] = ("identity",)
-    try:
-        views = tuple(json.loads((model_dir / "export.json").read_text())["tta"]["views"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # an export from before test-time augmentation: one view
-    if not views or any(v not in VIEWS for v in views):
-        raise ExportError(f"{model_dir}/export.json names unknown test-time views {views}")
-    model = load_model_safely(model_dir / MODEL_FILE)
-    return ExportedModel(model=model, labels=[str(x) for x in labels], image_size=size,
-                         views=views)
-
-
-def iter_image_paths(inputs: Sequence[Path]) -> Iterator[Path]:
-    """Files as given, and every non-hidden file under given folders, sorted."""
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            for root, dirs, files in os.walk(item):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith("."):
-                        yield Path(root) / name
-        else:
-            yield item
-
-
-def predict_paths(exported: ExportedModel, paths: Sequence[Path], *, top_k: int = 3,
-                  batch_size: int = 32, progress: Any = None) -> Iterator[Prediction]:
-    """Predict files in batches; unreadable files yield a Prediction with its reason."""
-    from tlsearch.data import DecodeError, decode_image
-
-    k = max(1, min(top_k, len(exported.labels)))
-    pending: list[tuple[Path, np.ndarray]] = []
-
-    def flush() -> Iterator[Prediction]:
-        from tlsearch.tta import tta_probabilities
-
-        x = np.stack([a for _, a in pending])
-        probs = tta_probabilities(exported.model, x, exported.views, batch_size=len(x))
-        for (path, _), row in zip(pending, probs, strict=True):
-            order = np.argsort(-row)[:k]
-            yield Prediction(str(path), tuple((exported.labels[i], float(row[i])) for i in order),
-                             tuple(float(p) for p in row))
-        pending.clear()
-
-    for path in paths:
-        try:
-            pending.append((path, decode_image(path, exported.image_size)))
-        except DecodeError as exc:
-            yield Prediction(str(path), error=exc.reason)
-        except OSError as exc:
-            yield Prediction(str(path), error=f"unreadable: {exc.strerror or exc}")
-        if progress is not None:
-            progress()
-        if len(pending) >= batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
-
-
-def format_predictions(predictions: Sequence[Prediction], fmt: str) -> str:
-    """Render as `json` or `csv` (the table format is rendered by the CLI)."""
-    if fmt == "json":
-        return json.dumps([{"path": p.path, "error": p.error,
-                            "top": [{"label": lab, "probability": prob} for lab, prob in p.top]}
-                           for p in predictions], indent=2, ensure_ascii=True)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        width = max((len(p.top) for p in predictions), default=1)
-        writer.writerow(["path", "error"] + [f"{c}{i + 1}" for i in range(width)
-                                             for c in ("label", "probability")])
-        for p in predictions:
-            row = [p.path, p.error or ""]
-            for lab, prob in p.top:
-                row += [lab, f"{prob:.6f}"]
-            writer.writerow(row)
-        return buf.getvalue()
-    raise ExportError(f"unknown format {fmt!r}")
