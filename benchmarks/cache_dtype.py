@@ -33,11 +33,12 @@ def main() -> None:
     from tlsearch.demo import write_demo_data
     from tlsearch.features import FeatureCache
     from tlsearch.strategy import Strategy
+    from tlsearch.trial_data import TrialData
 
     tmp = Path(tempfile.mkdtemp(prefix="tlsearch-dtype-"))
     write_demo_data(tmp / "demo", kind="textures")
     split = make_split(scan(tmp / "demo"), val_fraction=0.2, seed=0)
-    data = engine.TrialData.from_split(tmp / "demo", split, tmp / "cache")
+    data = TrialData.from_split(tmp / "demo", split, tmp / "cache")
     cache = FeatureCache(tmp / "cache")
     weights = resolve_auto_weights(get_spec("efficientnet_lite0"), args.size)
     rows = []

@@ -35,7 +35,8 @@ def _study_runs(study_dir: Path, k: int, top: int) -> list[dict]:
     from tlsearch.features import FeatureCache
     from tlsearch.strategy import Strategy
     from tlsearch.study import load_config, open_study
-    from tlsearch.train import TrialData, compute_metrics, run_trial
+    from tlsearch.train import compute_metrics, run_trial
+    from tlsearch.trial_data import TrialData
 
     config = load_config(study_dir)
     handle = open_study(config, create=False)

@@ -255,7 +255,7 @@ def _rank(data_dir: Path, space: str, weights: str, seed: int, val_fraction: flo
     from tlsearch.rank import rank_backbones
     from tlsearch.space import load_space
     from tlsearch.study import SearchConfig, SearchError, _test_fraction, default_cache_dir
-    from tlsearch.train import TrialData
+    from tlsearch.trial_data import TrialData
 
     loaded = load_space(space, known_backbones=set(iter_names(include_test=True)))
     index = scan(data_dir, progress=False)

@@ -413,7 +413,8 @@ def _retrain(strategy: Any, split: Any, config: Any, trial_dir: Path) -> Any:
     """The strategy trained on train + validation for the trial's recorded epochs and
     head C (`train.Replay`): the validation images are training images here, so
     nothing may be chosen on them."""
-    from tlsearch.train import Replay, TrialData, run_trial
+    from tlsearch.train import Replay, run_trial
+    from tlsearch.trial_data import TrialData
 
     try:
         replay = Replay.of(json.loads((trial_dir / "result.json").read_text()))

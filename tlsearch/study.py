@@ -969,7 +969,7 @@ def prepare_search(config: SearchConfig, emit: Callable[[str, dict], None]) -> P
     import optuna
 
     from tlsearch.features import FeatureCache
-    from tlsearch.train import TrialData
+    from tlsearch.trial_data import TrialData
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     handle = open_study(config)
