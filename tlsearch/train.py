@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tlsearch.batches import map_batches
 from tlsearch.metrics import epoch_scores
 from tlsearch.strategy import ALL_BLOCKS, Strategy
 from tlsearch.trial_data import TrialData
@@ -49,7 +50,6 @@ __all__ = [
 CHECKPOINT_DIR_NAME = "checkpoint"
 #: Augmented views cached per augmentation level; each epoch samples one.
 AUGMENTED_VIEWS = 3
-EVAL_BATCH = 128
 
 
 class TrialPruned(Exception):
@@ -214,16 +214,14 @@ def _run_prefix(forward: Any, images: np.ndarray, view: str) -> np.ndarray:
         level, index = view.split(":")
         # Views depend only on (level, index), so every trial shares them.
         augment = augmentation_layers(level, seed=1000 + 97 * int(index))
-    out = None
-    for start in range(0, len(images), EVAL_BATCH):
-        batch = tf.constant(np.asarray(images[start:start + EVAL_BATCH], dtype=np.float32))
+
+    def run(x: np.ndarray) -> Any:
+        batch = tf.constant(x)
         for layer in augment:  # eagerly: inside the trace, each view would need its own
             batch = layer(batch, training=True)
-        feats = forward(batch).numpy()
-        if out is None:
-            out = np.empty((len(images), *feats.shape[1:]), dtype=np.float32)
-        out[start:start + len(feats)] = feats
-    return out
+        return forward(batch)
+
+    return map_batches(run, images)
 
 
 # -- metrics -----------------------------------------------------------------------------
@@ -544,16 +542,16 @@ class _Engine:
             traced: list[bool] = []
             forward = self._eval_fn(mode, traced)
             fresh = bool(traced)
-        probs, trace_s = [], 0.0
-        for start in range(0, len(inputs), EVAL_BATCH):
-            batch = np.asarray(inputs[start:start + EVAL_BATCH], dtype=np.float32)
-            if start == 0 and fresh:
-                out, trace_s = self._first_call(forward, batch)
-            else:
-                out = forward(batch)
-            probs.append(np.asarray(out))
-        self.timings["eval"] += time.perf_counter() - t0 - trace_s
-        return np.concatenate(probs).astype(np.float64)
+        traces: list[float] = []
+
+        def first(batch: np.ndarray) -> Any:
+            out, spent = self._first_call(forward, batch)
+            traces.append(spent)
+            return out
+
+        probs = map_batches(forward, inputs, first=first if fresh else None)
+        self.timings["eval"] += time.perf_counter() - t0 - sum(traces)
+        return probs.astype(np.float64)
 
     def _first_call(self, fn: Any, *args: Any) -> tuple[Any, float]:
         """`fn(*args)` timed as `trace`: a traced function's first call traces it (or,
@@ -929,13 +927,9 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
     return meta
 
 
-def _predict_images(model: Any, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+def _predict_images(model: Any, images: np.ndarray) -> np.ndarray:
     """Probabilities of a model over its inputs (images or activations), inference mode."""
-    out = []
-    for start in range(0, len(images), batch):
-        x = np.asarray(images[start:start + batch], dtype=np.float32)
-        out.append(np.asarray(model(x, training=False)))
-    return np.concatenate(out).astype(np.float64)
+    return map_batches(lambda x: model(x, training=False), images).astype(np.float64)
 
 
 _LATENCY_MEMO: dict[tuple, float] = {}
