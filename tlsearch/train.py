@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tlsearch.batches import map_batches
+from tlsearch.features import frozen_features
 from tlsearch.metrics import epoch_scores
 from tlsearch.strategy import ALL_BLOCKS, Strategy
 from tlsearch.trial_data import TrialData
@@ -159,69 +160,6 @@ class TrialResult:
             "failure_detail": self.failure_detail, "resumed_from_step": self.resumed_from_step,
             "notes": list(self.notes), "extra": self.extra,
         }
-
-
-# -- frozen prefix -------------------------------------------------------------------------
-
-
-#: How training-side prefix activations are stored (validation's are always float32):
-#: float16 halves the cache; benchmarks/RESULTS-cache-dtype.md measures what it changes.
-TRAIN_CACHE_DTYPE: Any = np.float16
-
-
-def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, *,
-                    exact: bool = False, extractor: Any = None,
-                    cut: str | None = None) -> tuple[np.ndarray, bool]:
-    """Frozen-prefix activations of one data part and view, from the cache or computed.
-
-    `view` is "clean" or "<augmentation level>:<index>". With `exact`, the entry is kept
-    in float32 (validation: final predictions are made from it). `cut` overrides the
-    model's own cut point (with the matching `extractor`). Returns (array, hit).
-    """
-    from tlsearch.backbones import weights_identity
-    from tlsearch.features import feature_key
-
-    s = tm.strategy
-    paths = data.train_paths if part == "train" else data.val_paths
-    key = feature_key(
-        backbone=s.backbone, weights=weights_identity(tm.spec, s.weights, size=s.image_size,
-                                                      seed=s.seed),
-        size=s.image_size, cut=cut or tm.cut, fingerprint=data.fingerprint,
-        # File names are bytes on Unix: one that is not UTF-8 arrives surrogate-escaped.
-        paths=hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest(),
-        view=f"{view}/float32" if exact else (
-            view if np.dtype(TRAIN_CACHE_DTYPE) == np.float16
-            else f"{view}/{np.dtype(TRAIN_CACHE_DTYPE).name}"),
-    )
-
-    def compute() -> np.ndarray:
-        images = data.images(part, s.image_size)
-        return _run_prefix(tm.traced(extractor or tm.feature_extractor()), images, view)
-
-    return cache.get_or_compute(
-        key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": cut or tm.cut,
-                            "part": part, "view": view},
-        dtype=np.float32 if exact else TRAIN_CACHE_DTYPE)
-
-
-def _run_prefix(forward: Any, images: np.ndarray, view: str) -> np.ndarray:
-    import tensorflow as tf
-
-    from tlsearch.model import augmentation_layers
-
-    augment = []
-    if view != "clean":
-        level, index = view.split(":")
-        # Views depend only on (level, index), so every trial shares them.
-        augment = augmentation_layers(level, seed=1000 + 97 * int(index))
-
-    def run(x: np.ndarray) -> Any:
-        batch = tf.constant(x)
-        for layer in augment:  # eagerly: inside the trace, each view would need its own
-            batch = layer(batch, training=True)
-        return forward(batch)
-
-    return map_batches(run, images)
 
 
 # -- metrics -----------------------------------------------------------------------------
