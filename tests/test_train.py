@@ -7,7 +7,8 @@ import pytest
 
 from tests.conftest import tiny_strategy, write_colour_dataset
 from tlsearch.features import FeatureCache
-from tlsearch.train import TrialPruned, compute_metrics, run_trial
+from tlsearch.metrics import compute_metrics
+from tlsearch.train import TrialPruned, run_trial
 from tlsearch.trial_data import TrialData
 
 _strategy = tiny_strategy

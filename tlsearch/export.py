@@ -169,7 +169,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         from tlsearch.calibration import scale_head
         from tlsearch.ensemble import Ensemble, build_ensemble_model
         from tlsearch.holdout import member_temperatures
-        from tlsearch.train import compute_metrics
+        from tlsearch.metrics import compute_metrics
 
         other = kept.load(handle.trial_dir(partner))
         # The study's blend, exactly: each member scaled by its own validation T first.
@@ -308,8 +308,8 @@ def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any, *,
     models, best validation score first."""
     from optuna.trial import TrialState
 
+    from tlsearch.metrics import compute_metrics
     from tlsearch.soup import greedy_soup, uniform_soup
-    from tlsearch.train import compute_metrics
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
     others = sorted((t for t in handle.study.get_trials(deepcopy=False,
@@ -351,7 +351,7 @@ def _ensemble(model: Any, chosen: Any, val: _ValImages, handle: Any
     from optuna.trial import TrialState
 
     from tlsearch.ensemble import build_ensemble_model, greedy_ensemble
-    from tlsearch.train import compute_metrics
+    from tlsearch.metrics import compute_metrics
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
     size = val.strategy.image_size
@@ -383,8 +383,8 @@ def _score_exported(model: Any, views: Sequence[str], split: Any, config: Any, h
         return None
     from tlsearch.calibration import expected_calibration_error
     from tlsearch.data import decode_image
+    from tlsearch.metrics import compute_metrics
     from tlsearch.report.context import bootstrap_interval
-    from tlsearch.train import compute_metrics
     from tlsearch.tta import tta_probabilities
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
@@ -400,7 +400,7 @@ def _score_exported(model: Any, views: Sequence[str], split: Any, config: Any, h
 
 
 def _choose_tta(model: Any, val: _ValImages, handle: Any) -> dict[str, Any]:
-    from tlsearch.train import compute_metrics
+    from tlsearch.metrics import compute_metrics
     from tlsearch.tta import choose_views
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"

@@ -22,7 +22,6 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +30,7 @@ import numpy as np
 
 from tlsearch.batches import map_batches
 from tlsearch.features import frozen_features
-from tlsearch.metrics import epoch_scores
+from tlsearch.metrics import compute_metrics, epoch_scores
 from tlsearch.strategy import ALL_BLOCKS, Strategy
 from tlsearch.trial_data import TrialData
 
@@ -43,7 +42,6 @@ __all__ = [
     "TrialFailed",
     "TrialPruned",
     "TrialResult",
-    "compute_metrics",
     "measure_latency_ms",
     "run_trial",
 ]
@@ -160,42 +158,6 @@ class TrialResult:
             "failure_detail": self.failure_detail, "resumed_from_step": self.resumed_from_step,
             "notes": list(self.notes), "extra": self.extra,
         }
-
-
-# -- metrics -----------------------------------------------------------------------------
-
-
-def compute_metrics(y_true: np.ndarray, probs: np.ndarray,
-                    classes: Sequence[str]) -> dict[str, Any]:
-    """Validation metrics from probabilities, all through scikit-learn."""
-    from sklearn import metrics as M
-
-    labels = list(range(len(classes)))
-    y_pred = probs.argmax(axis=1)
-    precision, recall, f1, support = M.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    k = min(3, len(classes) - 1) if len(classes) > 2 else 1
-    out: dict[str, Any] = {
-        "balanced_accuracy": float(M.balanced_accuracy_score(y_true, y_pred)),
-        "accuracy": float(M.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(M.f1_score(y_true, y_pred, labels=labels, average="macro",
-                                     zero_division=0)),
-        f"top{k}_accuracy": float(M.top_k_accuracy_score(y_true, probs, k=k, labels=labels))
-        if len(classes) > 2 else float(M.accuracy_score(y_true, y_pred)),
-        "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f),
-                   "support": int(s)}
-            for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
-        },
-        "confusion_matrix": M.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "log_loss": float(M.log_loss(y_true, _normalised(probs), labels=labels)),
-    }
-    return out
-
-
-def _normalised(probs: np.ndarray) -> np.ndarray:
-    clipped = np.clip(probs, 1e-7, 1.0)
-    return clipped / clipped.sum(axis=1, keepdims=True)
 
 
 # -- schedules, losses, sampling ------------------------------------------------------------
