@@ -212,7 +212,7 @@ def test_latency_is_measured_with_every_op_on_the_cpu():
     import keras
     import tensorflow as tf
 
-    from tlsearch.train import cpu_inference_fn
+    from tlsearch.latency import cpu_inference_fn
 
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))

@@ -227,7 +227,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         else {"views": ["identity"], "val_plain": None, "val_tta": None, "candidates": []},
     }
     from tlsearch.holdout import HOLDOUT_ATTR, score_of
-    from tlsearch.train import measure_latency_ms
+    from tlsearch.latency import measure_latency_ms
 
     summary["latency_ms"] = measure_latency_ms(model, strategy.image_size) * len(
         summary["tta"]["views"])

@@ -30,6 +30,7 @@ import numpy as np
 
 from tlsearch.batches import map_batches
 from tlsearch.features import frozen_features
+from tlsearch.latency import model_latency_ms
 from tlsearch.metrics import compute_metrics, epoch_scores
 from tlsearch.strategy import ALL_BLOCKS, Strategy
 from tlsearch.trial_data import TrialData
@@ -42,7 +43,6 @@ __all__ = [
     "TrialFailed",
     "TrialPruned",
     "TrialResult",
-    "measure_latency_ms",
     "run_trial",
 ]
 
@@ -640,8 +640,8 @@ class _Engine:
         return TrialResult(
             strategy=self.strategy, state="complete", objective=float(metrics[self.metric]),
             metric_name=self.metric, metrics=metrics, history=tuple(self.history),
-            timings=dict(self.timings), params=params, latency_ms=_latency_ms(deploy,
-                                                                            self.strategy),
+            timings=dict(self.timings), params=params,
+            latency_ms=model_latency_ms(deploy, self.strategy),
             cached=self.cached, cache=dict(self.cache_counts), val_probabilities=probs,
             resumed_from_step=resumed_from, notes=tuple(self.notes), model=deploy,
             extra=extra, backbone_digest=self._untouched_backbone(),
@@ -830,64 +830,6 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
 def _predict_images(model: Any, images: np.ndarray) -> np.ndarray:
     """Probabilities of a model over its inputs (images or activations), inference mode."""
     return map_batches(lambda x: model(x, training=False), images).astype(np.float64)
-
-
-_LATENCY_MEMO: dict[tuple, float] = {}
-
-
-def cpu_inference_fn(model: Any) -> Any:
-    """`model(x, training=False)` traced with every op placed on the CPU.
-
-    Where a GPU is visible, the model is first cloned under the CPU device (fresh
-    weights: latency depends on the architecture, not the values), so that no call
-    reads variables across the bus.
-    """
-    import keras
-    import tensorflow as tf
-
-    with tf.device("/CPU:0"):
-        if tf.config.list_logical_devices("GPU"):
-            model = keras.models.clone_model(model)
-
-        @tf.function
-        def fn(x):
-            with tf.device("/CPU:0"):
-                return model(x, training=False)
-
-    return fn
-
-
-def _latency_ms(model: Any, strategy: Strategy, repeats: int = 10) -> float:
-    """Median batch-1 CPU latency of the deployable model, after one warm-up call.
-
-    Measured on the CPU device explicitly (`cpu_inference_fn`), so a machine with a
-    GPU reports what `--max-latency-ms` promises. Latency depends on the architecture,
-    not the trained values, so it is measured once per (backbone, size, head shape) in
-    a process.
-    """
-    key = (strategy.backbone, strategy.image_size, strategy.head_hidden_units,
-           strategy.augmentation, model.count_params())
-    if key in _LATENCY_MEMO:
-        return _LATENCY_MEMO[key]
-
-    _LATENCY_MEMO[key] = measure_latency_ms(model, strategy.image_size, repeats)
-    return _LATENCY_MEMO[key]
-
-
-def measure_latency_ms(model: Any, size: int, repeats: int = 10) -> float:
-    """Median batch-1 CPU latency of `model` on (1, size, size, 3), after a warm-up call."""
-    import tensorflow as tf
-
-    fn = cpu_inference_fn(model)
-    with tf.device("/CPU:0"):
-        x = tf.zeros((1, size, size, 3))
-        fn(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
 
 
 def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = None, *,
