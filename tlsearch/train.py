@@ -32,7 +32,15 @@ from tlsearch.batches import map_batches
 from tlsearch.features import frozen_features
 from tlsearch.latency import model_latency_ms
 from tlsearch.metrics import compute_metrics, epoch_scores
-from tlsearch.strategy import ALL_BLOCKS, Strategy
+from tlsearch.recipe import (
+    class_weights,
+    epoch_order,
+    lr_factor,
+    make_loss,
+    make_optimizer,
+    plan_phases,
+)
+from tlsearch.strategy import Strategy
 from tlsearch.trial_data import TrialData
 
 __all__ = [
@@ -160,90 +168,7 @@ class TrialResult:
         }
 
 
-# -- schedules, losses, sampling ------------------------------------------------------------
-
-
-def _lr_factor(schedule: str, epoch: int, epochs: int, warmup: int, plateau_factor: float) -> float:
-    """Multiplier of a phase's base LR at `epoch` (0-based within the phase)."""
-    if warmup and epoch < warmup:
-        return (epoch + 1) / (warmup + 1)
-    if schedule == "cosine":
-        span = max(1, epochs - warmup)
-        t = (epoch - warmup) / span
-        return 0.5 * (1 + math.cos(math.pi * t)) * 0.9 + 0.1
-    if schedule == "plateau":
-        return plateau_factor
-    return 1.0
-
-
-def _class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    from sklearn.utils.class_weight import compute_class_weight
-
-    present = np.unique(labels)
-    weights = np.ones(n_classes, dtype=np.float32)
-    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
-    return weights
-
-
-def _epoch_order(labels: np.ndarray, strategy: Strategy, step: int) -> np.ndarray:
-    """Sample order for one epoch; `oversample` draws classes uniformly."""
-    rng = np.random.default_rng([strategy.seed, step])
-    if strategy.imbalance != "oversample":
-        return rng.permutation(len(labels))
-    counts = np.bincount(labels)
-    p = 1.0 / counts[labels]
-    return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
-
-
 # -- the engine ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Phase:
-    name: str
-    blocks: int
-    epochs: int
-
-
-def _phases(strategy: Strategy, n_blocks: int) -> list[_Phase]:
-    if strategy.head_init == "probe":
-        return []  # the solve is the model: no SGD after it
-    phases = [_Phase("head", 0, strategy.head_epochs)]
-    if not strategy.fine_tunes:
-        return phases
-    depth = n_blocks if strategy.unfreeze_blocks == ALL_BLOCKS else min(
-        strategy.unfreeze_blocks, n_blocks)
-    if not strategy.gradual or depth <= 1:
-        phases.append(_Phase("finetune", strategy.unfreeze_blocks, strategy.finetune_epochs))
-        return phases
-    stages = min(depth, strategy.finetune_epochs)
-    targets = [max(1, round(depth * (i + 1) / stages)) for i in range(stages)]
-    if strategy.unfreeze_blocks == ALL_BLOCKS:
-        targets[-1] = ALL_BLOCKS
-    base, extra = divmod(strategy.finetune_epochs, stages)
-    for i, blocks in enumerate(targets):
-        phases.append(_Phase(f"finetune{i + 1}", blocks, base + (1 if i < extra else 0)))
-    return phases
-
-
-def _make_optimizer(strategy: Strategy, lr: float):
-    import keras
-
-    if strategy.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9)
-    if strategy.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=strategy.weight_decay)
-    return keras.optimizers.Adam(lr)
-
-
-def _make_loss(strategy: Strategy):
-    import keras
-
-    if strategy.imbalance == "focal":
-        return keras.losses.CategoricalFocalCrossentropy(
-            gamma=2.0, label_smoothing=strategy.label_smoothing, reduction=None)
-    return keras.losses.CategoricalCrossentropy(label_smoothing=strategy.label_smoothing,
-                                                reduction=None)
 
 
 class _Engine:
@@ -296,9 +221,9 @@ class _Engine:
         self.y_val = data.labels("val")
         # `focal` is the alpha-balanced focal loss (Lin et al.): focusing on hard
         # examples alone does not fix imbalance, the balanced class weights do.
-        self.class_weights = (_class_weights(self.y_train, self.n_classes)
+        self.class_weights = (class_weights(self.y_train, self.n_classes)
                               if strategy.imbalance in ("class_weight", "focal") else None)
-        self.loss_fn = _make_loss(strategy)
+        self.loss_fn = make_loss(strategy)
         self.feature_cache = feature_cache
         self.history: list[dict[str, Any]] = []
         self.best: tuple[float, int, list[np.ndarray]] | None = None
@@ -391,8 +316,8 @@ class _Engine:
 
         tm, s = self.tm, self.strategy
         loss_fn = self.loss_fn
-        opt_backbone = _make_optimizer(s, s.backbone_lr)
-        opt_head = _make_optimizer(s, s.head_lr)
+        opt_backbone = make_optimizer(s, s.backbone_lr)
+        opt_head = make_optimizer(s, s.head_lr)
         backbone_vars, head_vars = tm.trainable_variables
         if backbone_vars:
             opt_backbone.build(backbone_vars)
@@ -489,7 +414,7 @@ class _Engine:
         import tensorflow as tf
 
         s = self.strategy
-        phases = _phases(s, len(self.tm.blocks))
+        phases = plan_phases(s, len(self.tm.blocks))
         global_step, start_phase, start_epoch = 0, 0, 0
         if resume:
             self.history = list(resume["history"])
@@ -525,13 +450,13 @@ class _Engine:
                     break
                 global_step += 1
                 factor = (self.replay.lr_factors[global_step - 1] if self.replay is not None
-                          else _lr_factor(s.schedule, epoch, phase.epochs, s.warmup_epochs,
+                          else lr_factor(s.schedule, epoch, phase.epochs, s.warmup_epochs,
                                           self.plateau_factor))
                 opt_h.learning_rate = head_lr * factor
                 opt_b.learning_rate = backbone_lr * factor
                 t0 = time.perf_counter()
                 inputs = self._train_inputs(global_step, mode)
-                order = _epoch_order(self.y_train, s, global_step)
+                order = epoch_order(self.y_train, s, global_step)
                 total_loss, total_correct, seen, trace_s = 0.0, 0.0, 0, 0.0
                 for start in range(0, len(order), s.batch_size):
                     idx = np.sort(order[start:start + s.batch_size])

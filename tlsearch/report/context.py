@@ -429,10 +429,10 @@ def _recipe_rows(s: dict[str, Any], spec: Any, params_total: Any) -> list[dict[s
 
 def _phase_plan(s: dict[str, Any], n_blocks: int) -> list[tuple[int, int]]:
     """(unfrozen blocks, epochs) per phase, exactly as the trial engine plans them."""
+    from tlsearch.recipe import plan_phases  # the engine's own plan, so the two never drift
     from tlsearch.strategy import Strategy
-    from tlsearch.train import _phases  # the engine's own plan, so the two never drift
 
-    return [(p.blocks, p.epochs) for p in _phases(Strategy.from_dict(s), n_blocks)]
+    return [(p.blocks, p.epochs) for p in plan_phases(Strategy.from_dict(s), n_blocks)]
 
 
 _BN_REESTIMATE = '''def reestimate_batchnorm():
