@@ -15,12 +15,8 @@ every epoch trains only the suffix and head on them.
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import math
-import os
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tlsearch.batches import map_batches
+from tlsearch.checkpoint import Checkpoint, load_checkpoint
 from tlsearch.features import frozen_features
 from tlsearch.latency import model_latency_ms
 from tlsearch.metrics import compute_metrics, epoch_scores
@@ -44,7 +41,6 @@ from tlsearch.strategy import Strategy
 from tlsearch.trial_data import TrialData
 
 __all__ = [
-    "CHECKPOINT_DIR_NAME",
     "NullReporter",
     "Replay",
     "Reporter",
@@ -54,7 +50,6 @@ __all__ = [
     "run_trial",
 ]
 
-CHECKPOINT_DIR_NAME = "checkpoint"
 #: Augmented views cached per augmentation level; each epoch samples one.
 AUGMENTED_VIEWS = 3
 
@@ -410,19 +405,19 @@ class _Engine:
             self._eval_fns[mode] = pooled(key, (tm.head, tm.suffix, tm.backbone), build)
         return self._eval_fns[mode]
 
-    def run(self, resume: dict[str, Any] | None) -> TrialResult:
+    def run(self, resume: Checkpoint | None) -> TrialResult:
         import tensorflow as tf
 
         s = self.strategy
         phases = plan_phases(s, len(self.tm.blocks))
         global_step, start_phase, start_epoch = 0, 0, 0
         if resume:
-            self.history = list(resume["history"])
-            global_step = resume["global_step"]
-            start_phase, start_epoch = resume["phase_index"], resume["epoch_in_phase"] + 1
-            self.plateau_factor = resume.get("plateau_factor", 1.0)
-            if resume.get("best_step") is not None:
-                self.best = (resume["best_value"], resume["best_step"], resume["best_weights"])
+            self.history = list(resume.history)
+            global_step = resume.global_step
+            start_phase, start_epoch = resume.phase_index, resume.epoch_in_phase + 1
+            self.plateau_factor = resume.plateau_factor
+            if resume.best_step is not None:
+                self.best = (resume.best_value, resume.best_step, resume.best_weights)
         resumed_from = global_step
         last_step = sum(phase.epochs for phase in phases)
         y_train_onehot = np.eye(self.n_classes, dtype=np.float32)[self.y_train]
@@ -441,7 +436,7 @@ class _Engine:
             opt_b, opt_h = step.opt_backbone, step.opt_head
             step_fn, backbone_vars = step.fn, step.backbone_vars
             if resume and phase_index == start_phase and first_epoch > 0:
-                self._restore_optimizers(resume, opt_b, opt_h)
+                resume.restore_optimizers(opt_b, opt_h)
             patience_left = s.early_stopping_patience
             phase_best = -math.inf
             first_call = True
@@ -614,7 +609,7 @@ class _Engine:
                     tried=tried, recipe="epochs")
         return {**soup.to_dict(), "adopted": adopted, "best_epoch_score": before}
 
-    # -- checkpoints --------------------------------------------------------------------
+    # -- the trial's weights ------------------------------------------------------------
 
     def _mutable_variables(self) -> list[Any]:
         """Variables that can change during this trial (the frozen prefix never does)."""
@@ -631,7 +626,7 @@ class _Engine:
         return variables
 
     def _mutable_values(self) -> list[np.ndarray]:
-        return [np.array(v.numpy()) for v in self._mutable_variables()]
+        return _numpy(self._mutable_variables())
 
     def _assign_mutable(self, values: list[np.ndarray]) -> None:
         for variable, value in zip(self._mutable_variables(), values, strict=True):
@@ -678,78 +673,34 @@ class _Engine:
             value = epoch_scores(self.y_val, probs, self.metric)[self.metric]
             self.best = (value, 0, self._mutable_values())
 
+    # -- checkpoints --------------------------------------------------------------------
+
+    def load_weights(self, checkpoint: Checkpoint) -> bool:
+        """Continue from the checkpoint's weights if they are this trial's variables
+        (same count); returns whether they were loaded."""
+        if len(checkpoint.weights) != len(self._mutable_variables()):
+            return False
+        self._assign_mutable(list(checkpoint.weights))
+        return True
+
     def _checkpoint(self, step: int, phase_index: int, epoch: int, opt_b: Any, opt_h: Any) -> None:
         if self.checkpoint_dir is None:
             return
-        arrays = {f"w{i}": v for i, v in enumerate(self._mutable_values())}
-        arrays.update({f"ob{i}": np.array(v.numpy()) for i, v in enumerate(opt_b.variables)})
-        arrays.update({f"oh{i}": np.array(v.numpy()) for i, v in enumerate(opt_h.variables)})
-        if self.best is not None:
-            arrays.update({f"b{i}": v for i, v in enumerate(self.best[2])})
-        state = {
-            "strategy": self.strategy.to_dict(), "global_step": step, "phase_index": phase_index,
-            "epoch_in_phase": epoch, "history": self.history,
-            "plateau_factor": self.plateau_factor,
-            "best_value": None if self.best is None else self.best[0],
-            "best_step": None if self.best is None else self.best[1],
-            "n_weights": len(self._mutable_variables()), "n_opt_b": len(opt_b.variables),
-            "n_opt_h": len(opt_h.variables),
-        }
-        save_checkpoint(self.checkpoint_dir, arrays, state)
-
-    def _restore_optimizers(self, resume: dict[str, Any], opt_b: Any, opt_h: Any) -> None:
-        arrays = resume["arrays"]
-        if len(opt_b.variables) == resume["n_opt_b"]:
-            for i, v in enumerate(opt_b.variables):
-                v.assign(arrays[f"ob{i}"])
-        if len(opt_h.variables) == resume["n_opt_h"]:
-            for i, v in enumerate(opt_h.variables):
-                v.assign(arrays[f"oh{i}"])
+        Checkpoint(
+            strategy=self.strategy.to_dict(), global_step=step, phase_index=phase_index,
+            epoch_in_phase=epoch, history=tuple(self.history),
+            weights=tuple(self._mutable_values()), opt_backbone=tuple(_numpy(opt_b.variables)),
+            opt_head=tuple(_numpy(opt_h.variables)),
+            plateau_factor=self.plateau_factor,
+            best_value=None if self.best is None else self.best[0],
+            best_step=None if self.best is None else self.best[1],
+            best_weights=None if self.best is None else tuple(self.best[2]),
+        ).save(self.checkpoint_dir)
 
 
-def save_checkpoint(directory: Path, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
-    """Write `ckpt.npz` + `ckpt.json` atomically; the JSON (written last) holds the npz hash."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".ckpt.{uuid.uuid4().hex}.tmp.npz"
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        name = f"ckpt-{state['global_step']:05d}.npz"
-        os.replace(tmp, directory / name)
-        meta = dict(state, arrays=name, sha256=digest)
-        meta_tmp = directory / f".latest.{uuid.uuid4().hex}.tmp.json"
-        meta_tmp.write_text(json.dumps(meta, default=float))
-        with open(meta_tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(meta_tmp, directory / "latest.json")
-    finally:
-        tmp.unlink(missing_ok=True)
-    for old in directory.glob("ckpt-*.npz"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
-
-
-def load_checkpoint(directory: Path) -> dict[str, Any] | None:
-    """The last intact checkpoint as a dict (arrays under "arrays"), or None."""
-    meta_path = Path(directory) / "latest.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-        blob = (Path(directory) / meta["arrays"]).read_bytes()
-    except (OSError, ValueError, KeyError):
-        return None
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-        return None
-    import io
-
-    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    meta["arrays"] = arrays
-    n_best = sum(1 for k in arrays if k.startswith("b"))
-    meta["best_weights"] = [arrays[f"b{i}"] for i in range(n_best)] if n_best else None
-    return meta
+def _numpy(variables: list[Any]) -> list[np.ndarray]:
+    """Copies of the variables' current values."""
+    return [np.array(v.numpy()) for v in variables]
 
 
 def _predict_images(model: Any, images: np.ndarray) -> np.ndarray:
@@ -790,7 +741,7 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
     resume = None
     if resume_from is not None:
         resume = load_checkpoint(resume_from)
-        if resume is not None and resume.get("strategy") != strategy.to_dict():
+        if resume is not None and resume.strategy != strategy.to_dict():
             resume = None  # a checkpoint of another strategy is never applied
     started = time.perf_counter()
     engine = None
@@ -799,12 +750,8 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
                          nan_at_step, reuse_backbone, replay)
         engine.prepare_inputs()
         engine.init_head()
-        if resume is not None:
-            if len(engine._mutable_variables()) != resume.get("n_weights"):
-                resume = None
-            else:
-                arrays = resume["arrays"]
-                engine._assign_mutable([arrays[f"w{i}"] for i in range(resume["n_weights"])])
+        if resume is not None and not engine.load_weights(resume):
+            resume = None
         result = engine.run(resume)
     except TrialPruned as exc:
         exc.timings = dict(engine.timings if engine else {},
