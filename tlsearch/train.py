@@ -18,6 +18,7 @@ import gc
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ from tlsearch.recipe import (
     plan_phases,
 )
 from tlsearch.strategy import Strategy
+from tlsearch.tracker import BestTracker
 from tlsearch.trial_data import TrialData
 
 __all__ = [
@@ -221,8 +223,9 @@ class _Engine:
         self.loss_fn = make_loss(strategy)
         self.feature_cache = feature_cache
         self.history: list[dict[str, Any]] = []
-        self.best: tuple[float, int, list[np.ndarray]] | None = None
-        self.plateau_factor = 1.0
+        self.weights = _TrialWeights(self.tm)
+        self.tracker = BestTracker(self.weights, patience=strategy.early_stopping_patience,
+                                   plateau=strategy.schedule == "plateau")
         self.head_solve: dict[str, Any] | None = None
         self._eval_fns: dict[str, Any] = {}
         # The last phase's last `epoch_soup` epochs (score, step, weights), for the soup.
@@ -415,9 +418,8 @@ class _Engine:
             self.history = list(resume.history)
             global_step = resume.global_step
             start_phase, start_epoch = resume.phase_index, resume.epoch_in_phase + 1
-            self.plateau_factor = resume.plateau_factor
-            if resume.best_step is not None:
-                self.best = (resume.best_value, resume.best_step, resume.best_weights)
+            self.tracker.resume(plateau_factor=resume.plateau_factor, best=resume.best_value,
+                                best_step=resume.best_step, best_weights=resume.best_weights)
         resumed_from = global_step
         last_step = sum(phase.epochs for phase in phases)
         y_train_onehot = np.eye(self.n_classes, dtype=np.float32)[self.y_train]
@@ -437,8 +439,7 @@ class _Engine:
             step_fn, backbone_vars = step.fn, step.backbone_vars
             if resume and phase_index == start_phase and first_epoch > 0:
                 resume.restore_optimizers(opt_b, opt_h)
-            patience_left = s.early_stopping_patience
-            phase_best = -math.inf
+            self.tracker.on_phase_begin()
             first_call = True
             for epoch in range(first_epoch, phase.epochs):
                 if self.replay is not None and global_step >= self.replay.steps:
@@ -446,7 +447,7 @@ class _Engine:
                 global_step += 1
                 factor = (self.replay.lr_factors[global_step - 1] if self.replay is not None
                           else lr_factor(s.schedule, epoch, phase.epochs, s.warmup_epochs,
-                                          self.plateau_factor))
+                                          self.tracker.plateau_factor))
                 opt_h.learning_rate = head_lr * factor
                 opt_b.learning_rate = backbone_lr * factor
                 t0 = time.perf_counter()
@@ -483,7 +484,8 @@ class _Engine:
                 final_phase = phase_index == len(phases) - 1
                 if self.replay is not None:  # nothing to select, so nothing to evaluate
                     if global_step in self.replay.soup_steps:
-                        self.snapshots.append((math.nan, global_step, self._mutable_values()))
+                        self.snapshots.append((math.nan, global_step,
+                                               self.weights.get_weights()))
                     self.history.append({
                         "step": global_step, "phase": phase.name, "phase_index": phase_index,
                         "epoch": epoch, "unfrozen_blocks": phase.blocks,
@@ -506,23 +508,16 @@ class _Engine:
                     "lr_backbone": backbone_lr * factor if backbone_vars else 0.0,
                     "seconds": time.perf_counter() - t0,
                 })
-                if self.best is None or value > self.best[0]:
-                    self.best = (value, global_step, self._mutable_values())
+                self.tracker.on_epoch_end(global_step, value)
                 if s.epoch_soup > 1 and final_phase:
-                    self.snapshots.append((value, global_step, self._mutable_values()))
+                    self.snapshots.append((value, global_step, self.weights.get_weights()))
                     self.final_mode = mode
-                if value > phase_best:
-                    phase_best, patience_left = value, s.early_stopping_patience
-                else:
-                    patience_left -= 1
-                    if s.schedule == "plateau":
-                        self.plateau_factor *= 0.5
                 self._checkpoint(global_step, phase_index, epoch, opt_b, opt_h)
                 self.reporter.report(value, global_step)
                 # After its last epoch a trial is complete: nothing is left to prune.
                 if global_step < last_step and self.reporter.should_stop():
                     raise TrialPruned(f"pruned at step {global_step}")
-                if s.early_stopping_patience and patience_left <= 0:
+                if self.tracker.stop_phase:
                     self.notes.append(f"early stop in phase {phase.name} at step {global_step}")
                     break
         return self._finish(resumed_from)
@@ -530,16 +525,15 @@ class _Engine:
     def _finish(self, resumed_from: int) -> TrialResult:
         extra: dict[str, Any] = {"head_solve": self.head_solve} if self.head_solve else {}
         if self.replay is None:
-            assert self.best is not None
             if len(self.snapshots) > 1:
                 extra["epoch_soup"] = self._epoch_soup()
             # The trial ends with its best epoch's weights (or its epoch soup's), so the
             # recorded validation predictions are exactly what an exported model predicts.
-            self._assign_mutable(self.best[2])
+            self.tracker.restore_best_weights()
         elif self.snapshots:  # the trial's epoch soup, averaged at the same steps
             from tlsearch.soup import average_weights
 
-            self._assign_mutable(average_weights([w for _, _, w in self.snapshots]))
+            self.weights.set_weights(average_weights([w for _, _, w in self.snapshots]))
             if self.strategy.bn_mode == "adapt":
                 self.tm.reestimate_batchnorm(self.train_images)
         # Final validation predictions are what `predict` will give: the deployable
@@ -551,7 +545,8 @@ class _Engine:
         else:
             probs = _predict_images(deploy, self.val_images)
         metrics = compute_metrics(self.y_val, probs, self.data.classes)
-        metrics["best_step"] = self.replay.steps if self.replay is not None else self.best[1]
+        metrics["best_step"] = (self.replay.steps if self.replay is not None
+                                else self.tracker.best_step)
         backbone_vars, head_vars = self.tm.trainable_variables
         params = {
             "total": int(deploy.count_params()),
@@ -587,7 +582,7 @@ class _Engine:
         from tlsearch.soup import Soup, greedy_average
 
         def score(weights: list[np.ndarray], _: tuple[int, ...]) -> float:
-            self._assign_mutable(weights)
+            self.weights.set_weights(weights)
             if self.strategy.bn_mode == "adapt":
                 self.tm.reestimate_batchnorm(self.train_images)
             probs = self.predict_val(self.final_mode)
@@ -597,40 +592,17 @@ class _Engine:
         (first_value, first_step, first_weights), rest = ordered[0], ordered[1:]
         steps, weights, value, tried = greedy_average(
             (first_step, first_weights, first_value), ((n, w) for _, n, w in rest), score)
-        before = self.best[0]
+        before = self.tracker.best
         adopted = len(steps) > 1 and value > before
         if adopted:
-            self._assign_mutable(weights)
+            self.weights.set_weights(weights)
             if self.strategy.bn_mode == "adapt":
                 self.tm.reestimate_batchnorm(self.train_images)
             # The last step averaged in is the epoch count a retrain must reach.
-            self.best = (value, max(steps), self._mutable_values())
+            self.tracker.keep(value, max(steps))
         soup = Soup(ingredients=steps, val_score=value, first_val_score=first_value,
                     tried=tried, recipe="epochs")
         return {**soup.to_dict(), "adopted": adopted, "best_epoch_score": before}
-
-    # -- the trial's weights ------------------------------------------------------------
-
-    def _mutable_variables(self) -> list[Any]:
-        """Variables that can change during this trial (the frozen prefix never does)."""
-        tm = self.tm
-        if tm.prefix is None or tm.strategy.bn_mode == "adapt":
-            variables = list(tm.backbone.variables)
-        elif tm.suffix is None:
-            variables = []
-        else:
-            variables = list(tm.suffix.variables)
-        variables += list(tm.head.variables)
-        for layer in tm.augment:
-            variables += list(layer.variables)  # their seed-generator state
-        return variables
-
-    def _mutable_values(self) -> list[np.ndarray]:
-        return _numpy(self._mutable_variables())
-
-    def _assign_mutable(self, values: list[np.ndarray]) -> None:
-        for variable, value in zip(self._mutable_variables(), values, strict=True):
-            variable.assign(value)
 
     # -- the head's starting point -----------------------------------------------------
 
@@ -671,16 +643,16 @@ class _Engine:
             # The solve itself is a candidate: SGD epochs replace it only if they win.
             probs = self.predict_val(self._mode(0))
             value = epoch_scores(self.y_val, probs, self.metric)[self.metric]
-            self.best = (value, 0, self._mutable_values())
+            self.tracker.keep(value, 0)
 
     # -- checkpoints --------------------------------------------------------------------
 
     def load_weights(self, checkpoint: Checkpoint) -> bool:
         """Continue from the checkpoint's weights if they are this trial's variables
         (same count); returns whether they were loaded."""
-        if len(checkpoint.weights) != len(self._mutable_variables()):
+        if len(checkpoint.weights) != len(self.weights.variables()):
             return False
-        self._assign_mutable(list(checkpoint.weights))
+        self.weights.set_weights(checkpoint.weights)
         return True
 
     def _checkpoint(self, step: int, phase_index: int, epoch: int, opt_b: Any, opt_h: Any) -> None:
@@ -689,13 +661,41 @@ class _Engine:
         Checkpoint(
             strategy=self.strategy.to_dict(), global_step=step, phase_index=phase_index,
             epoch_in_phase=epoch, history=tuple(self.history),
-            weights=tuple(self._mutable_values()), opt_backbone=tuple(_numpy(opt_b.variables)),
-            opt_head=tuple(_numpy(opt_h.variables)),
-            plateau_factor=self.plateau_factor,
-            best_value=None if self.best is None else self.best[0],
-            best_step=None if self.best is None else self.best[1],
-            best_weights=None if self.best is None else tuple(self.best[2]),
+            weights=tuple(self.weights.get_weights()),
+            opt_backbone=tuple(_numpy(opt_b.variables)), opt_head=tuple(_numpy(opt_h.variables)),
+            plateau_factor=self.tracker.plateau_factor, best_value=self.tracker.best,
+            best_step=self.tracker.best_step,
+            best_weights=None if self.tracker.best_weights is None
+            else tuple(self.tracker.best_weights),
         ).save(self.checkpoint_dir)
+
+
+class _TrialWeights:
+    """The variables a trial can change (the frozen prefix never does), read and set as
+    Keras's `get_weights`/`set_weights` do a model's."""
+
+    def __init__(self, tm: Any) -> None:
+        self.tm = tm
+
+    def variables(self) -> list[Any]:
+        tm = self.tm
+        if tm.prefix is None or tm.strategy.bn_mode == "adapt":
+            variables = list(tm.backbone.variables)
+        elif tm.suffix is None:
+            variables = []
+        else:
+            variables = list(tm.suffix.variables)
+        variables += list(tm.head.variables)
+        for layer in tm.augment:
+            variables += list(layer.variables)  # their seed-generator state
+        return variables
+
+    def get_weights(self) -> list[np.ndarray]:
+        return _numpy(self.variables())
+
+    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        for variable, value in zip(self.variables(), weights, strict=True):
+            variable.assign(value)
 
 
 def _numpy(variables: list[Any]) -> list[np.ndarray]:
