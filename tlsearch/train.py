@@ -4,12 +4,14 @@
 Optuna: a `Reporter` (report a value at a step, ask whether to stop) lets an Optuna
 trial, a KerasTuner trial or nothing at all sit behind it.
 
-Phases follow the seeds' recipe: warm the head up with the backbone frozen, then
-unfreeze the top blocks (all at once, or one more per phase) at the lower backbone
-learning rate while the head keeps its own. Epochs are counted across phases as one
-global step, which is what the pruner sees. When the strategy's prefix is cacheable,
-its activations are computed once per (backbone, weights, size, cut, data, view) and
-every epoch trains only the suffix and head on them.
+The strategy's phases (`tlsearch.recipe`: the head warm-up, then the top blocks at the
+lower backbone learning rate while the head keeps its own) run as one epoch loop.
+Epochs are counted across phases as one global step, which is what the pruner sees;
+after each, the validation score goes to a `BestTracker` (best epoch, patience,
+plateau), a `Checkpoint` and the reporter. When the strategy's prefix is cacheable, its
+activations come from the prefix cache (`tlsearch.features`), computed once per
+(backbone, weights, size, cut, data, view), and every epoch trains only the suffix
+and head on them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from tlsearch.features import frozen_features
 from tlsearch.latency import model_latency_ms
 from tlsearch.metrics import compute_metrics, epoch_scores
 from tlsearch.recipe import (
+    Phase,
     class_weights,
     epoch_order,
     lr_factor,
@@ -41,6 +44,9 @@ from tlsearch.recipe import (
 from tlsearch.strategy import Strategy
 from tlsearch.tracker import BestTracker
 from tlsearch.trial_data import TrialData
+
+if TYPE_CHECKING:
+    from tlsearch.steps import Step
 
 __all__ = [
     "NullReporter",
@@ -168,6 +174,18 @@ class TrialResult:
 # -- the engine ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _EpochAt:
+    """Where an epoch stands in the trial's plan."""
+
+    step: int  # the global step: epochs counted across phases, from 1
+    phase_index: int
+    phase: Phase
+    index: int  # the epoch within its phase, from 0
+    final_phase: bool
+    last_step: int  # the plan's last global step
+
+
 class _Engine:
     """One trial's mutable state; `run_trial` is its only user."""
 
@@ -215,6 +233,7 @@ class _Engine:
             self.notes.append("head warm-up trained on cached backbone outputs")
         self.n_classes = len(data.classes)
         self.y_train = data.labels("train")
+        self.y_train_onehot = np.eye(self.n_classes, dtype=np.float32)[self.y_train]
         self.y_val = data.labels("val")
         # `focal` is the alpha-balanced focal loss (Lin et al.): focusing on hard
         # examples alone does not fix imbalance, the balanced class weights do.
@@ -408,11 +427,11 @@ class _Engine:
             self._eval_fns[mode] = pooled(key, (tm.head, tm.suffix, tm.backbone), build)
         return self._eval_fns[mode]
 
-    def run(self, resume: Checkpoint | None) -> TrialResult:
-        import tensorflow as tf
+    # -- the epoch loop ---------------------------------------------------------------
 
-        s = self.strategy
-        phases = plan_phases(s, len(self.tm.blocks))
+    def run(self, resume: Checkpoint | None) -> TrialResult:
+        """Train every phase's epochs (those after the checkpoint's, if resumed)."""
+        phases = plan_phases(self.strategy, len(self.tm.blocks))
         global_step, start_phase, start_epoch = 0, 0, 0
         if resume:
             self.history = list(resume.history)
@@ -422,105 +441,120 @@ class _Engine:
                                 best_step=resume.best_step, best_weights=resume.best_weights)
         resumed_from = global_step
         last_step = sum(phase.epochs for phase in phases)
-        y_train_onehot = np.eye(self.n_classes, dtype=np.float32)[self.y_train]
         for phase_index in range(start_phase, len(phases)):
-            if self.replay is not None and global_step >= self.replay.steps:
+            if self._replayed(global_step):
                 break
             phase = phases[phase_index]
             first_epoch = start_epoch if phase_index == start_phase else 0
             if first_epoch >= phase.epochs:
                 continue
             self.tm.set_unfrozen(phase.blocks)
-            head_lr = s.head_lr
-            backbone_lr = s.backbone_lr
             mode = self._mode(phase.blocks)
             step = self._step(mode, phase.blocks)
-            opt_b, opt_h = step.opt_backbone, step.opt_head
-            step_fn, backbone_vars = step.fn, step.backbone_vars
             if resume and phase_index == start_phase and first_epoch > 0:
-                resume.restore_optimizers(opt_b, opt_h)
+                resume.restore_optimizers(step.opt_backbone, step.opt_head)
             self.tracker.on_phase_begin()
-            first_call = True
             for epoch in range(first_epoch, phase.epochs):
-                if self.replay is not None and global_step >= self.replay.steps:
+                if self._replayed(global_step):
                     break
                 global_step += 1
-                factor = (self.replay.lr_factors[global_step - 1] if self.replay is not None
-                          else lr_factor(s.schedule, epoch, phase.epochs, s.warmup_epochs,
-                                          self.tracker.plateau_factor))
-                opt_h.learning_rate = head_lr * factor
-                opt_b.learning_rate = backbone_lr * factor
-                t0 = time.perf_counter()
-                inputs = self._train_inputs(global_step, mode)
-                order = epoch_order(self.y_train, s, global_step)
-                total_loss, total_correct, seen, trace_s = 0.0, 0.0, 0, 0.0
-                for start in range(0, len(order), s.batch_size):
-                    idx = np.sort(order[start:start + s.batch_size])
-                    x = np.asarray(inputs[idx], dtype=np.float32)
-                    y = y_train_onehot[idx]
-                    w = (self.class_weights[self.y_train[idx]] if self.class_weights is not None
-                         else np.ones(len(idx), dtype=np.float32))
-                    batch = (tf.constant(x), tf.constant(y), tf.constant(w))
-                    if first_call:
-                        (loss, correct), trace_s = self._first_call(step_fn, *batch)
-                        first_call = False
-                    else:
-                        loss, correct = step_fn(*batch)
-                    total_loss += float(loss) * len(idx)
-                    total_correct += float(correct)
-                    seen += len(idx)
-                train_loss = total_loss / max(seen, 1)
-                if self.nan_at_step is not None and global_step >= self.nan_at_step:
-                    train_loss = float("nan")  # test hook: behave exactly as a diverged run
-                self.timings["train"] += time.perf_counter() - t0 - trace_s
-                if not math.isfinite(train_loss):
-                    raise TrialFailed("nan_loss", f"training loss became {train_loss} at "
-                                                  f"step {global_step} ({phase.name})")
-                if s.bn_mode == "adapt":  # statistics of these weights, not of a blend
-                    t0 = time.perf_counter()
-                    self.tm.reestimate_batchnorm(self.train_images)
-                    self.timings["bn_reestimate"] = (self.timings.get("bn_reestimate", 0.0)
-                                                     + time.perf_counter() - t0)
-                final_phase = phase_index == len(phases) - 1
-                if self.replay is not None:  # nothing to select, so nothing to evaluate
-                    if global_step in self.replay.soup_steps:
-                        self.snapshots.append((math.nan, global_step,
-                                               self.weights.get_weights()))
-                    self.history.append({
-                        "step": global_step, "phase": phase.name, "phase_index": phase_index,
-                        "epoch": epoch, "unfrozen_blocks": phase.blocks,
-                        "train_loss": train_loss,
-                        "train_accuracy": total_correct / max(seen, 1),
-                        "lr_head": head_lr * factor,
-                        "lr_backbone": backbone_lr * factor if backbone_vars else 0.0,
-                        "seconds": time.perf_counter() - t0})
-                    continue
-                probs = self.predict_val(mode)
-                metrics = epoch_scores(self.y_val, probs, self.metric)
-                value = metrics[self.metric]
-                self.history.append({
-                    "step": global_step, "phase": phase.name, "phase_index": phase_index,
-                    "epoch": epoch, "unfrozen_blocks": phase.blocks,
-                    "train_loss": train_loss, "train_accuracy": total_correct / max(seen, 1),
-                    "val_loss": metrics["log_loss"], "val_accuracy": metrics["accuracy"],
-                    "val_balanced_accuracy": metrics["balanced_accuracy"],
-                    "val_objective": value, "lr_head": head_lr * factor,
-                    "lr_backbone": backbone_lr * factor if backbone_vars else 0.0,
-                    "seconds": time.perf_counter() - t0,
-                })
-                self.tracker.on_epoch_end(global_step, value)
-                if s.epoch_soup > 1 and final_phase:
-                    self.snapshots.append((value, global_step, self.weights.get_weights()))
-                    self.final_mode = mode
-                self._checkpoint(global_step, phase_index, epoch, opt_b, opt_h)
-                self.reporter.report(value, global_step)
-                # After its last epoch a trial is complete: nothing is left to prune.
-                if global_step < last_step and self.reporter.should_stop():
-                    raise TrialPruned(f"pruned at step {global_step}")
-                if self.tracker.stop_phase:
-                    self.notes.append(f"early stop in phase {phase.name} at step {global_step}")
+                at = _EpochAt(step=global_step, phase_index=phase_index, phase=phase,
+                              index=epoch, final_phase=phase_index == len(phases) - 1,
+                              last_step=last_step)
+                if not self._epoch(at, step, mode, first=epoch == first_epoch):
                     break
         return self._finish(resumed_from)
+
+    def _replayed(self, global_step: int) -> bool:
+        """Whether a replay has trained all the steps it repeats."""
+        return self.replay is not None and global_step >= self.replay.steps
+
+    def _epoch(self, at: _EpochAt, step: Step, mode: str, *, first: bool) -> bool:
+        """Train one epoch, then (unless replaying) evaluate, track, checkpoint and report
+        it. Returns whether its phase goes on.
+
+        Raises:
+            TrialFailed: the training loss is not finite.
+            TrialPruned: the reporter asked to stop.
+        """
+        s = self.strategy
+        factor = (self.replay.lr_factors[at.step - 1] if self.replay is not None
+                  else lr_factor(s.schedule, at.index, at.phase.epochs, s.warmup_epochs,
+                                 self.tracker.plateau_factor))
+        step.opt_head.learning_rate = s.head_lr * factor
+        step.opt_backbone.learning_rate = s.backbone_lr * factor
+        t0 = time.perf_counter()
+        train_loss, train_accuracy, trace_s = self._train_epoch(step, mode, at.step, first=first)
+        if self.nan_at_step is not None and at.step >= self.nan_at_step:
+            train_loss = float("nan")  # test hook: behave exactly as a diverged run
+        self.timings["train"] += time.perf_counter() - t0 - trace_s
+        if not math.isfinite(train_loss):
+            raise TrialFailed("nan_loss", f"training loss became {train_loss} at "
+                                          f"step {at.step} ({at.phase.name})")
+        if s.bn_mode == "adapt":  # statistics of these weights, not of a blend
+            t0 = time.perf_counter()
+            self.tm.reestimate_batchnorm(self.train_images)
+            self.timings["bn_reestimate"] = (self.timings.get("bn_reestimate", 0.0)
+                                             + time.perf_counter() - t0)
+        record = {"step": at.step, "phase": at.phase.name, "phase_index": at.phase_index,
+                  "epoch": at.index, "unfrozen_blocks": at.phase.blocks,
+                  "train_loss": train_loss, "train_accuracy": train_accuracy}
+        rates = {"lr_head": s.head_lr * factor,
+                 "lr_backbone": s.backbone_lr * factor if step.backbone_vars else 0.0}
+        if self.replay is not None:  # nothing to select, so nothing to evaluate
+            if at.step in self.replay.soup_steps:
+                self.snapshots.append((math.nan, at.step, self.weights.get_weights()))
+            self.history.append({**record, **rates, "seconds": time.perf_counter() - t0})
+            return True
+        probs = self.predict_val(mode)
+        metrics = epoch_scores(self.y_val, probs, self.metric)
+        value = metrics[self.metric]
+        self.history.append({
+            **record, "val_loss": metrics["log_loss"], "val_accuracy": metrics["accuracy"],
+            "val_balanced_accuracy": metrics["balanced_accuracy"], "val_objective": value,
+            **rates, "seconds": time.perf_counter() - t0,
+        })
+        self.tracker.on_epoch_end(at.step, value)
+        if s.epoch_soup > 1 and at.final_phase:
+            self.snapshots.append((value, at.step, self.weights.get_weights()))
+            self.final_mode = mode
+        self._checkpoint(at.step, at.phase_index, at.index, step.opt_backbone, step.opt_head)
+        self.reporter.report(value, at.step)
+        # After its last epoch a trial is complete: nothing is left to prune.
+        if at.step < at.last_step and self.reporter.should_stop():
+            raise TrialPruned(f"pruned at step {at.step}")
+        if self.tracker.stop_phase:
+            self.notes.append(f"early stop in phase {at.phase.name} at step {at.step}")
+            return False
+        return True
+
+    def _train_epoch(self, step: Step, mode: str, global_step: int, *,
+                     first: bool) -> tuple[float, float, float]:
+        """One pass over the training images in the epoch's order, in batches. Returns
+        (mean loss, accuracy, seconds of the phase's first call of its step, or 0)."""
+        import tensorflow as tf
+
+        s = self.strategy
+        inputs = self._train_inputs(global_step, mode)
+        order = epoch_order(self.y_train, s, global_step)
+        total_loss, total_correct, seen, trace_s = 0.0, 0.0, 0, 0.0
+        for start in range(0, len(order), s.batch_size):
+            idx = np.sort(order[start:start + s.batch_size])
+            x = np.asarray(inputs[idx], dtype=np.float32)
+            y = self.y_train_onehot[idx]
+            w = (self.class_weights[self.y_train[idx]] if self.class_weights is not None
+                 else np.ones(len(idx), dtype=np.float32))
+            batch = (tf.constant(x), tf.constant(y), tf.constant(w))
+            if first and start == 0:
+                (loss, correct), trace_s = self._first_call(step.fn, *batch)
+            else:
+                loss, correct = step.fn(*batch)
+            total_loss += float(loss) * len(idx)
+            total_correct += float(correct)
+            seen += len(idx)
+        return total_loss / max(seen, 1), total_correct / max(seen, 1), trace_s
+
+    # -- the trial's end ---------------------------------------------------------------
 
     def _finish(self, resumed_from: int) -> TrialResult:
         extra: dict[str, Any] = {"head_solve": self.head_solve} if self.head_solve else {}
