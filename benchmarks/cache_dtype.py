@@ -5,7 +5,7 @@ Run:  python -m benchmarks.cache_dtype [--seeds 0 1 2] [--size 96]
 On the textures demo with the real ImageNet EfficientNet-Lite0, the same trials (a
 head-only solve and a 1-block fine-tune, each seed) run twice on the same split: once
 with the training activations cached as float16 (the default) and once as float32
-(`tlsearch.train.TRAIN_CACHE_DTYPE`); validation activations are float32 in both. Per
+(`tlsearch.features.TRAIN_CACHE_DTYPE`); validation activations are float32 in both. Per
 trial: both validation scores and the share of validation images on which the two
 predict the same class. Writes benchmarks/RESULTS-cache-dtype.md.
 """
@@ -27,17 +27,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     args = parser.parse_args()
 
-    import tlsearch.train as engine
+    import tlsearch.features as features
     from tlsearch.backbones import get_spec, resolve_auto_weights
     from tlsearch.data import make_split, scan
     from tlsearch.demo import write_demo_data
     from tlsearch.features import FeatureCache
     from tlsearch.strategy import Strategy
+    from tlsearch.train import run_trial
+    from tlsearch.trial_data import TrialData
 
     tmp = Path(tempfile.mkdtemp(prefix="tlsearch-dtype-"))
     write_demo_data(tmp / "demo", kind="textures")
     split = make_split(scan(tmp / "demo"), val_fraction=0.2, seed=0)
-    data = engine.TrialData.from_split(tmp / "demo", split, tmp / "cache")
+    data = TrialData.from_split(tmp / "demo", split, tmp / "cache")
     cache = FeatureCache(tmp / "cache")
     weights = resolve_auto_weights(get_spec("efficientnet_lite0"), args.size)
     rows = []
@@ -49,10 +51,10 @@ def main() -> None:
                                 augmentation="light")
             out = {}
             for dtype in (np.float16, np.float32):
-                engine.TRAIN_CACHE_DTYPE = dtype
-                out[np.dtype(dtype).name] = engine.run_trial(strategy, data, feature_cache=cache,
-                                                              reuse_backbone=True)
-            engine.TRAIN_CACHE_DTYPE = np.float16
+                features.TRAIN_CACHE_DTYPE = dtype
+                out[np.dtype(dtype).name] = run_trial(strategy, data, feature_cache=cache,
+                                                       reuse_backbone=True)
+            features.TRAIN_CACHE_DTYPE = np.float16
             half, full = out["float16"], out["float32"]
             same = float(np.mean(half.val_probabilities.argmax(1)
                                  == full.val_probabilities.argmax(1)))

@@ -58,7 +58,8 @@ def one_scale(root: Path, scale: int, size: int) -> dict:
     from tlsearch.data import make_split, scan
     from tlsearch.features import FeatureCache
     from tlsearch.strategy import Strategy
-    from tlsearch.train import TrialData, run_trial
+    from tlsearch.train import run_trial
+    from tlsearch.trial_data import TrialData
 
     data_dir = root / f"x{scale}"
     images = write_scaled(data_dir, scale)

@@ -64,7 +64,8 @@ def main() -> None:
     from tlsearch.demo import write_demo_data
     from tlsearch.features import FeatureCache
     from tlsearch.strategy import Strategy
-    from tlsearch.train import TrialData, run_trial
+    from tlsearch.train import run_trial
+    from tlsearch.trial_data import TrialData
 
     os.environ.setdefault("TLSEARCH_OFFLINE", "1")
     spec = get_spec(args.backbone)

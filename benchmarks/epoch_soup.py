@@ -33,9 +33,11 @@ def _study_runs(study_dir: Path, k: int, top: int) -> list[dict]:
 
     from tlsearch.data import Split, decode_image
     from tlsearch.features import FeatureCache
+    from tlsearch.metrics import compute_metrics
     from tlsearch.search import load_config, open_study
     from tlsearch.strategy import Strategy
-    from tlsearch.train import TrialData, compute_metrics, run_trial
+    from tlsearch.train import run_trial
+    from tlsearch.trial_data import TrialData
 
     config = load_config(study_dir)
     handle = open_study(config, create=False)

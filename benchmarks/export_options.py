@@ -57,9 +57,10 @@ def _forced_tta(out: Path, study_dir: Path) -> dict:
     from tlsearch.calibration import expected_calibration_error
     from tlsearch.data import Split, decode_image
     from tlsearch.export import load_model_safely
+    from tlsearch.latency import measure_latency_ms
+    from tlsearch.metrics import compute_metrics
     from tlsearch.search import load_config
     from tlsearch.strategy import Strategy
-    from tlsearch.train import compute_metrics, measure_latency_ms
     from tlsearch.tta import tta_probabilities, views_for
 
     strategy = Strategy.from_dict(json.loads((out / "strategy.json").read_text()))

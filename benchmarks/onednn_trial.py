@@ -28,7 +28,8 @@ def main() -> None:
     from tlsearch.demo import write_demo_data
     from tlsearch.features import FeatureCache
     from tlsearch.strategy import ALL_BLOCKS, Strategy
-    from tlsearch.train import TrialData, run_trial
+    from tlsearch.train import run_trial
+    from tlsearch.trial_data import TrialData
 
     tmp = Path(tempfile.mkdtemp(prefix="tlsearch-onednn-"))
     write_demo_data(tmp / "demo", size=64)

@@ -261,7 +261,7 @@ def run_tlsearch(spec: RunSpec, result: RunResult) -> None:
 def _plain_data(spec: RunSpec, split: Any) -> Callable[[int], tuple]:
     """The split as arrays per image size (decoded once per size, inside the budget)."""
     from benchmarks.plain import one_hot
-    from tlsearch.train import TrialData
+    from tlsearch.trial_data import TrialData
 
     data = TrialData.from_split(Path(spec.data_dir), split, Path(spec.workdir) / "cache")
     n = len(split.classes)

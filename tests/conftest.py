@@ -62,7 +62,7 @@ def colour_data(tmp_path) -> Path:
 @pytest.fixture
 def trial_data(colour_data, tmp_path):
     from tlsearch.data import make_split, scan
-    from tlsearch.train import TrialData
+    from tlsearch.trial_data import TrialData
 
     index = scan(colour_data)
     split = make_split(index, val_fraction=0.3, seed=0)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlsearch.metrics import epoch_scores
-from tlsearch.train import compute_metrics
+from tlsearch.metrics import compute_metrics, epoch_scores
 
 
 @pytest.mark.parametrize("k", [2, 5])

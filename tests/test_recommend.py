@@ -188,7 +188,8 @@ def _blend_study(tmp_path):
     from tlsearch.data import make_split, scan
     from tlsearch.search import MODEL_FILE, SearchConfig, open_study
     from tlsearch.strategy import Strategy
-    from tlsearch.train import TrialData, run_trial
+    from tlsearch.train import run_trial
+    from tlsearch.trial_data import TrialData
 
     data = write_colour_dataset(tmp_path / "data", {"red": 20, "green": 20, "blue": 20})
     space = tmp_path / "tiny.yaml"

@@ -7,7 +7,9 @@ import pytest
 
 from tests.conftest import tiny_strategy, write_colour_dataset
 from tlsearch.features import FeatureCache
-from tlsearch.train import TrialData, TrialPruned, compute_metrics, run_trial
+from tlsearch.metrics import compute_metrics
+from tlsearch.train import TrialPruned, run_trial
+from tlsearch.trial_data import TrialData
 
 _strategy = tiny_strategy
 
@@ -210,7 +212,7 @@ def test_latency_is_measured_with_every_op_on_the_cpu():
     import keras
     import tensorflow as tf
 
-    from tlsearch.train import cpu_inference_fn
+    from tlsearch.latency import cpu_inference_fn
 
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))

@@ -156,7 +156,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         from tlsearch.calibration import scale_head
         from tlsearch.ensemble import Ensemble, build_ensemble_model
         from tlsearch.holdout import member_temperatures
-        from tlsearch.train import compute_metrics
+        from tlsearch.metrics import compute_metrics
 
         other = kept.load(handle.trial_dir(partner))
         # The study's blend, exactly: each member scaled by its own validation T first.
@@ -213,7 +213,7 @@ def export_trial(study_dir: Path, out: Path, *, trial: int | None = None,
         else {"views": ["identity"], "val_plain": None, "val_tta": None, "candidates": []},
     }
     from tlsearch.holdout import HOLDOUT_ATTR, score_of
-    from tlsearch.train import measure_latency_ms
+    from tlsearch.latency import measure_latency_ms
 
     summary["latency_ms"] = measure_latency_ms(model, strategy.image_size) * len(
         summary["tta"]["views"])
@@ -294,8 +294,8 @@ def _soup(model: Any, chosen: Any, val: _ValImages, handle: Any, *,
     models, best validation score first."""
     from optuna.trial import TrialState
 
+    from tlsearch.metrics import compute_metrics
     from tlsearch.soup import greedy_soup, uniform_soup
-    from tlsearch.train import compute_metrics
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
     others = sorted((t for t in handle.study.get_trials(deepcopy=False,
@@ -337,7 +337,7 @@ def _ensemble(model: Any, chosen: Any, val: _ValImages, handle: Any
     from optuna.trial import TrialState
 
     from tlsearch.ensemble import build_ensemble_model, greedy_ensemble
-    from tlsearch.train import compute_metrics
+    from tlsearch.metrics import compute_metrics
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
     size = val.strategy.image_size
@@ -369,8 +369,8 @@ def _score_exported(model: Any, views: Sequence[str], split: Any, config: Any, h
         return None
     from tlsearch.calibration import expected_calibration_error
     from tlsearch.data import decode_image
+    from tlsearch.metrics import compute_metrics
     from tlsearch.report.stats import bootstrap_interval
-    from tlsearch.train import compute_metrics
     from tlsearch.tta import tta_probabilities
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
@@ -386,7 +386,7 @@ def _score_exported(model: Any, views: Sequence[str], split: Any, config: Any, h
 
 
 def _choose_tta(model: Any, val: _ValImages, handle: Any) -> dict[str, Any]:
-    from tlsearch.train import compute_metrics
+    from tlsearch.metrics import compute_metrics
     from tlsearch.tta import choose_views
 
     metric = handle.study.user_attrs.get("metric") or "balanced_accuracy"
@@ -399,7 +399,8 @@ def _retrain(strategy: Any, split: Any, config: Any, trial_dir: Path) -> Any:
     """The strategy trained on train + validation for the trial's recorded epochs and
     head C (`train.Replay`): the validation images are training images here, so
     nothing may be chosen on them."""
-    from tlsearch.train import Replay, TrialData, run_trial
+    from tlsearch.train import Replay, run_trial
+    from tlsearch.trial_data import TrialData
 
     try:
         replay = Replay.of(json.loads((trial_dir / "result.json").read_text()))

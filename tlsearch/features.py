@@ -1,6 +1,8 @@
 """The frozen-prefix activation cache: compute a frozen prefix once, reuse it everywhere.
 
-One entry per (backbone, weights identity, image size, cut, dataset part, view).
+One entry per (backbone, weights identity, image size, cut, dataset part, view):
+`frozen_features` keys a model's prefix on a `TrialData` part, runs the prefix pass on
+a miss (augmented views drawn eagerly, the same for every trial) and stores the result.
 Entries are float16 `.npy` files (float32 where exact values matter) with a JSON sidecar
 holding their SHA-256; both are written to a temporary name and renamed into place, and
 a per-entry lock file makes concurrent workers wait for the one that computes. A torn or
@@ -23,16 +25,25 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["CacheStats", "FeatureCache", "feature_key"]
+from tlsearch.batches import map_batches
+
+if TYPE_CHECKING:
+    from tlsearch.trial_data import TrialData
+
+__all__ = ["TRAIN_CACHE_DTYPE", "CacheStats", "FeatureCache", "feature_key", "frozen_features"]
 
 
 #: Part of every key: bumped when what an entry holds changes, so entries written by
 #: an older tlsearch are never reused (2: float16 no longer flushes tiny activations).
 FORMAT_VERSION = 2
+
+#: How training-side prefix activations are stored (validation's are always float32):
+#: float16 halves the cache; benchmarks/RESULTS-cache-dtype.md measures what it changes.
+TRAIN_CACHE_DTYPE: Any = np.float16
 
 
 def feature_key(**parts: Any) -> str:
@@ -230,3 +241,60 @@ def _storable(array: np.ndarray, dtype: Any) -> np.ndarray:
         if not np.isfinite(peak) or peak > 6e4 or (0 < peak < 1e-2):
             return array.astype(np.float32)
     return array.astype(dtype)
+
+
+# -- the prefix pass -------------------------------------------------------------------
+
+
+def frozen_features(tm: Any, data: TrialData, cache: FeatureCache, part: str, view: str, *,
+                    exact: bool = False, extractor: Any = None,
+                    cut: str | None = None) -> tuple[np.ndarray, bool]:
+    """Frozen-prefix activations of one data part and view, from the cache or computed.
+
+    `view` is "clean" or "<augmentation level>:<index>". With `exact`, the entry is kept
+    in float32 (validation: final predictions are made from it). `cut` overrides the
+    model's own cut point (with the matching `extractor`). Returns (array, hit).
+    """
+    from tlsearch.backbones import weights_identity
+
+    s = tm.strategy
+    paths = data.train_paths if part == "train" else data.val_paths
+    key = feature_key(
+        backbone=s.backbone, weights=weights_identity(tm.spec, s.weights, size=s.image_size,
+                                                      seed=s.seed),
+        size=s.image_size, cut=cut or tm.cut, fingerprint=data.fingerprint,
+        # File names are bytes on Unix: one that is not UTF-8 arrives surrogate-escaped.
+        paths=hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest(),
+        view=f"{view}/float32" if exact else (
+            view if np.dtype(TRAIN_CACHE_DTYPE) == np.float16
+            else f"{view}/{np.dtype(TRAIN_CACHE_DTYPE).name}"),
+    )
+
+    def compute() -> np.ndarray:
+        images = data.images(part, s.image_size)
+        return _run_prefix(tm.traced(extractor or tm.feature_extractor()), images, view)
+
+    return cache.get_or_compute(
+        key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": cut or tm.cut,
+                            "part": part, "view": view},
+        dtype=np.float32 if exact else TRAIN_CACHE_DTYPE)
+
+
+def _run_prefix(forward: Any, images: np.ndarray, view: str) -> np.ndarray:
+    import tensorflow as tf
+
+    from tlsearch.model import augmentation_layers
+
+    augment = []
+    if view != "clean":
+        level, index = view.split(":")
+        # Views depend only on (level, index), so every trial shares them.
+        augment = augmentation_layers(level, seed=1000 + 97 * int(index))
+
+    def run(x: np.ndarray) -> Any:
+        batch = tf.constant(x)
+        for layer in augment:  # eagerly: inside the trace, each view would need its own
+            batch = layer(batch, training=True)
+        return forward(batch)
+
+    return map_batches(run, images)

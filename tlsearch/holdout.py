@@ -133,9 +133,9 @@ def score_holdout(handle: Any) -> dict[str, Any] | None:
     from optuna.trial import TrialState
 
     from tlsearch.data import Split
+    from tlsearch.metrics import compute_metrics
     from tlsearch.report.stats import bootstrap_interval
     from tlsearch.search import SPLIT_FILE, study_summary
-    from tlsearch.train import compute_metrics
 
     split = Split.load(handle.dir / SPLIT_FILE)
     if not split.test:
@@ -218,9 +218,8 @@ def _blend(handle: Any, members: tuple[int, int], previous: dict[str, Any] | Non
     validation temperature), scored on test once per pair of models; None when a
     member's model or validation predictions are missing."""
     from tlsearch.calibration import fit_temperature
-    from tlsearch.metrics import metric_value
+    from tlsearch.metrics import compute_metrics, metric_value
     from tlsearch.report.stats import bootstrap_interval
-    from tlsearch.train import compute_metrics
 
     models = [handle.trial_dir(n) for n in members]
     stamps = [kept.stamp(m) for m in models]

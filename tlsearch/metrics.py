@@ -1,20 +1,59 @@
-"""Classification scores from labels or probabilities, in NumPy.
+"""Classification scores from labels or probabilities.
 
-Written in NumPy, checked against scikit-learn (`tests/test_metrics.py`), because they
-run where scikit-learn's input checks cost more than the arithmetic: a thousand
-bootstrap resamples, and every epoch of every trial (scikit-learn's seven metric calls
-of `tlsearch.train.compute_metrics` took 17 ms an epoch, a fifth of a head-only trial's
+`compute_metrics` is the full report of a trial's validation predictions (and of the
+holdout's, and the export's choices), through scikit-learn. The few numbers needed many
+times are written in NumPy, checked against scikit-learn (`tests/test_metrics.py`),
+because they run where scikit-learn's input checks cost more than the arithmetic: a
+thousand bootstrap resamples, and every epoch of every trial (scikit-learn's seven
+metric calls of `compute_metrics` took 17 ms an epoch, a fifth of a head-only trial's
 wall time on the textures demo; these take well under one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
-__all__ = ["OBJECTIVES", "epoch_scores", "metric_value"]
+__all__ = ["OBJECTIVES", "compute_metrics", "epoch_scores", "metric_value"]
 
 #: The scores a search can maximise (`objective:` in a space, `--metric`).
 OBJECTIVES = ("balanced_accuracy", "accuracy", "macro_f1")
+
+
+
+def compute_metrics(y_true: np.ndarray, probs: np.ndarray,
+                    classes: Sequence[str]) -> dict[str, Any]:
+    """Validation metrics from probabilities, all through scikit-learn."""
+    from sklearn import metrics as M
+
+    labels = list(range(len(classes)))
+    y_pred = probs.argmax(axis=1)
+    precision, recall, f1, support = M.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    k = min(3, len(classes) - 1) if len(classes) > 2 else 1
+    out: dict[str, Any] = {
+        "balanced_accuracy": float(M.balanced_accuracy_score(y_true, y_pred)),
+        "accuracy": float(M.accuracy_score(y_true, y_pred)),
+        "macro_f1": float(M.f1_score(y_true, y_pred, labels=labels, average="macro",
+                                     zero_division=0)),
+        f"top{k}_accuracy": float(M.top_k_accuracy_score(y_true, probs, k=k, labels=labels))
+        if len(classes) > 2 else float(M.accuracy_score(y_true, y_pred)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f),
+                   "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+        },
+        "confusion_matrix": M.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "log_loss": float(M.log_loss(y_true, _normalised(probs), labels=labels)),
+    }
+    return out
+
+
+def _normalised(probs: np.ndarray) -> np.ndarray:
+    clipped = np.clip(probs, 1e-7, 1.0)
+    return clipped / clipped.sum(axis=1, keepdims=True)
 
 
 def metric_value(name: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:

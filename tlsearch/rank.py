@@ -263,9 +263,9 @@ def rank_backbones(pairs: list[tuple[str, int, str]], data: Any, cache: Any, *, 
     dimensions on 2 cores) is computed only when it ranks, or with `every`.
     """
     from tlsearch.backbones import get_spec
+    from tlsearch.features import frozen_features
     from tlsearch.model import build_transfer_model
     from tlsearch.strategy import Strategy
-    from tlsearch.train import frozen_features
 
     y_train, y_val = data.labels("train"), data.labels("val")
     rows = []

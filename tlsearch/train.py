@@ -4,52 +4,62 @@
 Optuna: a `Reporter` (report a value at a step, ask whether to stop) lets an Optuna
 trial, a KerasTuner trial or nothing at all sit behind it.
 
-Phases follow the seeds' recipe: warm the head up with the backbone frozen, then
-unfreeze the top blocks (all at once, or one more per phase) at the lower backbone
-learning rate while the head keeps its own. Epochs are counted across phases as one
-global step, which is what the pruner sees. When the strategy's prefix is cacheable,
-its activations are computed once per (backbone, weights, size, cut, data, view) and
-every epoch trains only the suffix and head on them.
+The strategy's phases (`tlsearch.recipe`: the head warm-up, then the top blocks at the
+lower backbone learning rate while the head keeps its own) run as one epoch loop.
+Epochs are counted across phases as one global step, which is what the pruner sees;
+after each, the validation score goes to a `BestTracker` (best epoch, patience,
+plateau), a `Checkpoint` and the reporter. When the strategy's prefix is cacheable, its
+activations come from the prefix cache (`tlsearch.features`), computed once per
+(backbone, weights, size, cut, data, view), and every epoch trains only the suffix
+and head on them.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import math
-import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tlsearch.metrics import epoch_scores
-from tlsearch.strategy import ALL_BLOCKS, Strategy
+from tlsearch.batches import map_batches
+from tlsearch.checkpoint import Checkpoint, load_checkpoint
+from tlsearch.features import frozen_features
+from tlsearch.latency import model_latency_ms
+from tlsearch.metrics import compute_metrics, epoch_scores
+from tlsearch.recipe import (
+    Phase,
+    class_weights,
+    epoch_order,
+    lr_factor,
+    make_loss,
+    make_optimizer,
+    plan_phases,
+)
+from tlsearch.strategy import Strategy
+from tlsearch.tracker import BestTracker
+from tlsearch.trial_data import TrialData
+
+if TYPE_CHECKING:
+    from tlsearch.steps import Step
 
 __all__ = [
-    "CHECKPOINT_DIR_NAME",
     "NullReporter",
     "Replay",
     "Reporter",
-    "TrialData",
     "TrialFailed",
     "TrialPruned",
     "TrialResult",
-    "compute_metrics",
-    "measure_latency_ms",
     "run_trial",
 ]
 
-CHECKPOINT_DIR_NAME = "checkpoint"
 #: Augmented views cached per augmentation level; each epoch samples one.
 AUGMENTED_VIEWS = 3
-EVAL_BATCH = 128
 
 
 class TrialPruned(Exception):
@@ -84,40 +94,6 @@ class NullReporter:
 
     def should_stop(self) -> bool:
         return False
-
-
-@dataclass(frozen=True)
-class TrialData:
-    """What a trial trains and validates on; pixels are decoded lazily per image size."""
-
-    root: Path
-    classes: tuple[str, ...]
-    train_paths: tuple[str, ...]
-    train_labels: tuple[int, ...]
-    val_paths: tuple[str, ...]
-    val_labels: tuple[int, ...]
-    fingerprint: str
-    cache_dir: Path
-
-    @classmethod
-    def from_split(cls, root: Path, split: Any, cache_dir: Path) -> TrialData:
-        return cls(
-            root=Path(root), classes=tuple(split.classes),
-            train_paths=tuple(p for p, _ in split.train),
-            train_labels=tuple(y for _, y in split.train),
-            val_paths=tuple(p for p, _ in split.val), val_labels=tuple(y for _, y in split.val),
-            fingerprint=split.fingerprint, cache_dir=Path(cache_dir),
-        )
-
-    def images(self, part: str, size: int) -> np.ndarray:
-        from tlsearch.data import decode_cached
-
-        paths = self.train_paths if part == "train" else self.val_paths
-        return decode_cached(self.root, list(paths), size, cache_dir=self.cache_dir,
-                             fingerprint=self.fingerprint)
-
-    def labels(self, part: str) -> np.ndarray:
-        return np.asarray(self.train_labels if part == "train" else self.val_labels, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -195,191 +171,19 @@ class TrialResult:
         }
 
 
-# -- frozen prefix -------------------------------------------------------------------------
-
-
-#: How training-side prefix activations are stored (validation's are always float32):
-#: float16 halves the cache; benchmarks/RESULTS-cache-dtype.md measures what it changes.
-TRAIN_CACHE_DTYPE: Any = np.float16
-
-
-def frozen_features(tm: Any, data: TrialData, cache: Any, part: str, view: str, *,
-                    exact: bool = False, extractor: Any = None,
-                    cut: str | None = None) -> tuple[np.ndarray, bool]:
-    """Frozen-prefix activations of one data part and view, from the cache or computed.
-
-    `view` is "clean" or "<augmentation level>:<index>". With `exact`, the entry is kept
-    in float32 (validation: final predictions are made from it). `cut` overrides the
-    model's own cut point (with the matching `extractor`). Returns (array, hit).
-    """
-    from tlsearch.backbones import weights_identity
-    from tlsearch.features import feature_key
-
-    s = tm.strategy
-    paths = data.train_paths if part == "train" else data.val_paths
-    key = feature_key(
-        backbone=s.backbone, weights=weights_identity(tm.spec, s.weights, size=s.image_size,
-                                                      seed=s.seed),
-        size=s.image_size, cut=cut or tm.cut, fingerprint=data.fingerprint,
-        # File names are bytes on Unix: one that is not UTF-8 arrives surrogate-escaped.
-        paths=hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest(),
-        view=f"{view}/float32" if exact else (
-            view if np.dtype(TRAIN_CACHE_DTYPE) == np.float16
-            else f"{view}/{np.dtype(TRAIN_CACHE_DTYPE).name}"),
-    )
-
-    def compute() -> np.ndarray:
-        images = data.images(part, s.image_size)
-        return _run_prefix(tm.traced(extractor or tm.feature_extractor()), images, view)
-
-    return cache.get_or_compute(
-        key, compute, meta={"backbone": s.backbone, "size": s.image_size, "cut": cut or tm.cut,
-                            "part": part, "view": view},
-        dtype=np.float32 if exact else TRAIN_CACHE_DTYPE)
-
-
-def _run_prefix(forward: Any, images: np.ndarray, view: str) -> np.ndarray:
-    import tensorflow as tf
-
-    from tlsearch.model import augmentation_layers
-
-    augment = []
-    if view != "clean":
-        level, index = view.split(":")
-        # Views depend only on (level, index), so every trial shares them.
-        augment = augmentation_layers(level, seed=1000 + 97 * int(index))
-    out = None
-    for start in range(0, len(images), EVAL_BATCH):
-        batch = tf.constant(np.asarray(images[start:start + EVAL_BATCH], dtype=np.float32))
-        for layer in augment:  # eagerly: inside the trace, each view would need its own
-            batch = layer(batch, training=True)
-        feats = forward(batch).numpy()
-        if out is None:
-            out = np.empty((len(images), *feats.shape[1:]), dtype=np.float32)
-        out[start:start + len(feats)] = feats
-    return out
-
-
-# -- metrics -----------------------------------------------------------------------------
-
-
-def compute_metrics(y_true: np.ndarray, probs: np.ndarray,
-                    classes: Sequence[str]) -> dict[str, Any]:
-    """Validation metrics from probabilities, all through scikit-learn."""
-    from sklearn import metrics as M
-
-    labels = list(range(len(classes)))
-    y_pred = probs.argmax(axis=1)
-    precision, recall, f1, support = M.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    k = min(3, len(classes) - 1) if len(classes) > 2 else 1
-    out: dict[str, Any] = {
-        "balanced_accuracy": float(M.balanced_accuracy_score(y_true, y_pred)),
-        "accuracy": float(M.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(M.f1_score(y_true, y_pred, labels=labels, average="macro",
-                                     zero_division=0)),
-        f"top{k}_accuracy": float(M.top_k_accuracy_score(y_true, probs, k=k, labels=labels))
-        if len(classes) > 2 else float(M.accuracy_score(y_true, y_pred)),
-        "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f),
-                   "support": int(s)}
-            for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
-        },
-        "confusion_matrix": M.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "log_loss": float(M.log_loss(y_true, _normalised(probs), labels=labels)),
-    }
-    return out
-
-
-def _normalised(probs: np.ndarray) -> np.ndarray:
-    clipped = np.clip(probs, 1e-7, 1.0)
-    return clipped / clipped.sum(axis=1, keepdims=True)
-
-
-# -- schedules, losses, sampling ------------------------------------------------------------
-
-
-def _lr_factor(schedule: str, epoch: int, epochs: int, warmup: int, plateau_factor: float) -> float:
-    """Multiplier of a phase's base LR at `epoch` (0-based within the phase)."""
-    if warmup and epoch < warmup:
-        return (epoch + 1) / (warmup + 1)
-    if schedule == "cosine":
-        span = max(1, epochs - warmup)
-        t = (epoch - warmup) / span
-        return 0.5 * (1 + math.cos(math.pi * t)) * 0.9 + 0.1
-    if schedule == "plateau":
-        return plateau_factor
-    return 1.0
-
-
-def _class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    from sklearn.utils.class_weight import compute_class_weight
-
-    present = np.unique(labels)
-    weights = np.ones(n_classes, dtype=np.float32)
-    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
-    return weights
-
-
-def _epoch_order(labels: np.ndarray, strategy: Strategy, step: int) -> np.ndarray:
-    """Sample order for one epoch; `oversample` draws classes uniformly."""
-    rng = np.random.default_rng([strategy.seed, step])
-    if strategy.imbalance != "oversample":
-        return rng.permutation(len(labels))
-    counts = np.bincount(labels)
-    p = 1.0 / counts[labels]
-    return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
-
-
 # -- the engine ----------------------------------------------------------------------------
 
 
-@dataclass
-class _Phase:
-    name: str
-    blocks: int
-    epochs: int
+@dataclass(frozen=True)
+class _EpochAt:
+    """Where an epoch stands in the trial's plan."""
 
-
-def _phases(strategy: Strategy, n_blocks: int) -> list[_Phase]:
-    if strategy.head_init == "probe":
-        return []  # the solve is the model: no SGD after it
-    phases = [_Phase("head", 0, strategy.head_epochs)]
-    if not strategy.fine_tunes:
-        return phases
-    depth = n_blocks if strategy.unfreeze_blocks == ALL_BLOCKS else min(
-        strategy.unfreeze_blocks, n_blocks)
-    if not strategy.gradual or depth <= 1:
-        phases.append(_Phase("finetune", strategy.unfreeze_blocks, strategy.finetune_epochs))
-        return phases
-    stages = min(depth, strategy.finetune_epochs)
-    targets = [max(1, round(depth * (i + 1) / stages)) for i in range(stages)]
-    if strategy.unfreeze_blocks == ALL_BLOCKS:
-        targets[-1] = ALL_BLOCKS
-    base, extra = divmod(strategy.finetune_epochs, stages)
-    for i, blocks in enumerate(targets):
-        phases.append(_Phase(f"finetune{i + 1}", blocks, base + (1 if i < extra else 0)))
-    return phases
-
-
-def _make_optimizer(strategy: Strategy, lr: float):
-    import keras
-
-    if strategy.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9)
-    if strategy.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=strategy.weight_decay)
-    return keras.optimizers.Adam(lr)
-
-
-def _make_loss(strategy: Strategy):
-    import keras
-
-    if strategy.imbalance == "focal":
-        return keras.losses.CategoricalFocalCrossentropy(
-            gamma=2.0, label_smoothing=strategy.label_smoothing, reduction=None)
-    return keras.losses.CategoricalCrossentropy(label_smoothing=strategy.label_smoothing,
-                                                reduction=None)
+    step: int  # the global step: epochs counted across phases, from 1
+    phase_index: int
+    phase: Phase
+    index: int  # the epoch within its phase, from 0
+    final_phase: bool
+    last_step: int  # the plan's last global step
 
 
 class _Engine:
@@ -429,16 +233,18 @@ class _Engine:
             self.notes.append("head warm-up trained on cached backbone outputs")
         self.n_classes = len(data.classes)
         self.y_train = data.labels("train")
+        self.y_train_onehot = np.eye(self.n_classes, dtype=np.float32)[self.y_train]
         self.y_val = data.labels("val")
         # `focal` is the alpha-balanced focal loss (Lin et al.): focusing on hard
         # examples alone does not fix imbalance, the balanced class weights do.
-        self.class_weights = (_class_weights(self.y_train, self.n_classes)
+        self.class_weights = (class_weights(self.y_train, self.n_classes)
                               if strategy.imbalance in ("class_weight", "focal") else None)
-        self.loss_fn = _make_loss(strategy)
+        self.loss_fn = make_loss(strategy)
         self.feature_cache = feature_cache
         self.history: list[dict[str, Any]] = []
-        self.best: tuple[float, int, list[np.ndarray]] | None = None
-        self.plateau_factor = 1.0
+        self.weights = _TrialWeights(self.tm)
+        self.tracker = BestTracker(self.weights, patience=strategy.early_stopping_patience,
+                                   plateau=strategy.schedule == "plateau")
         self.head_solve: dict[str, Any] | None = None
         self._eval_fns: dict[str, Any] = {}
         # The last phase's last `epoch_soup` epochs (score, step, weights), for the soup.
@@ -527,8 +333,8 @@ class _Engine:
 
         tm, s = self.tm, self.strategy
         loss_fn = self.loss_fn
-        opt_backbone = _make_optimizer(s, s.backbone_lr)
-        opt_head = _make_optimizer(s, s.head_lr)
+        opt_backbone = make_optimizer(s, s.backbone_lr)
+        opt_head = make_optimizer(s, s.head_lr)
         backbone_vars, head_vars = tm.trainable_variables
         if backbone_vars:
             opt_backbone.build(backbone_vars)
@@ -578,16 +384,16 @@ class _Engine:
             traced: list[bool] = []
             forward = self._eval_fn(mode, traced)
             fresh = bool(traced)
-        probs, trace_s = [], 0.0
-        for start in range(0, len(inputs), EVAL_BATCH):
-            batch = np.asarray(inputs[start:start + EVAL_BATCH], dtype=np.float32)
-            if start == 0 and fresh:
-                out, trace_s = self._first_call(forward, batch)
-            else:
-                out = forward(batch)
-            probs.append(np.asarray(out))
-        self.timings["eval"] += time.perf_counter() - t0 - trace_s
-        return np.concatenate(probs).astype(np.float64)
+        traces: list[float] = []
+
+        def first(batch: np.ndarray) -> Any:
+            out, spent = self._first_call(forward, batch)
+            traces.append(spent)
+            return out
+
+        probs = map_batches(forward, inputs, first=first if fresh else None)
+        self.timings["eval"] += time.perf_counter() - t0 - sum(traces)
+        return probs.astype(np.float64)
 
     def _first_call(self, fn: Any, *args: Any) -> tuple[Any, float]:
         """`fn(*args)` timed as `trace`: a traced function's first call traces it (or,
@@ -621,141 +427,147 @@ class _Engine:
             self._eval_fns[mode] = pooled(key, (tm.head, tm.suffix, tm.backbone), build)
         return self._eval_fns[mode]
 
-    def run(self, resume: dict[str, Any] | None) -> TrialResult:
-        import tensorflow as tf
+    # -- the epoch loop ---------------------------------------------------------------
 
-        s = self.strategy
-        phases = _phases(s, len(self.tm.blocks))
+    def run(self, resume: Checkpoint | None) -> TrialResult:
+        """Train every phase's epochs (those after the checkpoint's, if resumed)."""
+        phases = plan_phases(self.strategy, len(self.tm.blocks))
         global_step, start_phase, start_epoch = 0, 0, 0
         if resume:
-            self.history = list(resume["history"])
-            global_step = resume["global_step"]
-            start_phase, start_epoch = resume["phase_index"], resume["epoch_in_phase"] + 1
-            self.plateau_factor = resume.get("plateau_factor", 1.0)
-            if resume.get("best_step") is not None:
-                self.best = (resume["best_value"], resume["best_step"], resume["best_weights"])
+            self.history = list(resume.history)
+            global_step = resume.global_step
+            start_phase, start_epoch = resume.phase_index, resume.epoch_in_phase + 1
+            self.tracker.resume(plateau_factor=resume.plateau_factor, best=resume.best_value,
+                                best_step=resume.best_step, best_weights=resume.best_weights)
         resumed_from = global_step
         last_step = sum(phase.epochs for phase in phases)
-        y_train_onehot = np.eye(self.n_classes, dtype=np.float32)[self.y_train]
         for phase_index in range(start_phase, len(phases)):
-            if self.replay is not None and global_step >= self.replay.steps:
+            if self._replayed(global_step):
                 break
             phase = phases[phase_index]
             first_epoch = start_epoch if phase_index == start_phase else 0
             if first_epoch >= phase.epochs:
                 continue
             self.tm.set_unfrozen(phase.blocks)
-            head_lr = s.head_lr
-            backbone_lr = s.backbone_lr
             mode = self._mode(phase.blocks)
             step = self._step(mode, phase.blocks)
-            opt_b, opt_h = step.opt_backbone, step.opt_head
-            step_fn, backbone_vars = step.fn, step.backbone_vars
             if resume and phase_index == start_phase and first_epoch > 0:
-                self._restore_optimizers(resume, opt_b, opt_h)
-            patience_left = s.early_stopping_patience
-            phase_best = -math.inf
-            first_call = True
+                resume.restore_optimizers(step.opt_backbone, step.opt_head)
+            self.tracker.on_phase_begin()
             for epoch in range(first_epoch, phase.epochs):
-                if self.replay is not None and global_step >= self.replay.steps:
+                if self._replayed(global_step):
                     break
                 global_step += 1
-                factor = (self.replay.lr_factors[global_step - 1] if self.replay is not None
-                          else _lr_factor(s.schedule, epoch, phase.epochs, s.warmup_epochs,
-                                          self.plateau_factor))
-                opt_h.learning_rate = head_lr * factor
-                opt_b.learning_rate = backbone_lr * factor
-                t0 = time.perf_counter()
-                inputs = self._train_inputs(global_step, mode)
-                order = _epoch_order(self.y_train, s, global_step)
-                total_loss, total_correct, seen, trace_s = 0.0, 0.0, 0, 0.0
-                for start in range(0, len(order), s.batch_size):
-                    idx = np.sort(order[start:start + s.batch_size])
-                    x = np.asarray(inputs[idx], dtype=np.float32)
-                    y = y_train_onehot[idx]
-                    w = (self.class_weights[self.y_train[idx]] if self.class_weights is not None
-                         else np.ones(len(idx), dtype=np.float32))
-                    batch = (tf.constant(x), tf.constant(y), tf.constant(w))
-                    if first_call:
-                        (loss, correct), trace_s = self._first_call(step_fn, *batch)
-                        first_call = False
-                    else:
-                        loss, correct = step_fn(*batch)
-                    total_loss += float(loss) * len(idx)
-                    total_correct += float(correct)
-                    seen += len(idx)
-                train_loss = total_loss / max(seen, 1)
-                if self.nan_at_step is not None and global_step >= self.nan_at_step:
-                    train_loss = float("nan")  # test hook: behave exactly as a diverged run
-                self.timings["train"] += time.perf_counter() - t0 - trace_s
-                if not math.isfinite(train_loss):
-                    raise TrialFailed("nan_loss", f"training loss became {train_loss} at "
-                                                  f"step {global_step} ({phase.name})")
-                if s.bn_mode == "adapt":  # statistics of these weights, not of a blend
-                    t0 = time.perf_counter()
-                    self.tm.reestimate_batchnorm(self.train_images)
-                    self.timings["bn_reestimate"] = (self.timings.get("bn_reestimate", 0.0)
-                                                     + time.perf_counter() - t0)
-                final_phase = phase_index == len(phases) - 1
-                if self.replay is not None:  # nothing to select, so nothing to evaluate
-                    if global_step in self.replay.soup_steps:
-                        self.snapshots.append((math.nan, global_step, self._mutable_values()))
-                    self.history.append({
-                        "step": global_step, "phase": phase.name, "phase_index": phase_index,
-                        "epoch": epoch, "unfrozen_blocks": phase.blocks,
-                        "train_loss": train_loss,
-                        "train_accuracy": total_correct / max(seen, 1),
-                        "lr_head": head_lr * factor,
-                        "lr_backbone": backbone_lr * factor if backbone_vars else 0.0,
-                        "seconds": time.perf_counter() - t0})
-                    continue
-                probs = self.predict_val(mode)
-                metrics = epoch_scores(self.y_val, probs, self.metric)
-                value = metrics[self.metric]
-                self.history.append({
-                    "step": global_step, "phase": phase.name, "phase_index": phase_index,
-                    "epoch": epoch, "unfrozen_blocks": phase.blocks,
-                    "train_loss": train_loss, "train_accuracy": total_correct / max(seen, 1),
-                    "val_loss": metrics["log_loss"], "val_accuracy": metrics["accuracy"],
-                    "val_balanced_accuracy": metrics["balanced_accuracy"],
-                    "val_objective": value, "lr_head": head_lr * factor,
-                    "lr_backbone": backbone_lr * factor if backbone_vars else 0.0,
-                    "seconds": time.perf_counter() - t0,
-                })
-                if self.best is None or value > self.best[0]:
-                    self.best = (value, global_step, self._mutable_values())
-                if s.epoch_soup > 1 and final_phase:
-                    self.snapshots.append((value, global_step, self._mutable_values()))
-                    self.final_mode = mode
-                if value > phase_best:
-                    phase_best, patience_left = value, s.early_stopping_patience
-                else:
-                    patience_left -= 1
-                    if s.schedule == "plateau":
-                        self.plateau_factor *= 0.5
-                self._checkpoint(global_step, phase_index, epoch, opt_b, opt_h)
-                self.reporter.report(value, global_step)
-                # After its last epoch a trial is complete: nothing is left to prune.
-                if global_step < last_step and self.reporter.should_stop():
-                    raise TrialPruned(f"pruned at step {global_step}")
-                if s.early_stopping_patience and patience_left <= 0:
-                    self.notes.append(f"early stop in phase {phase.name} at step {global_step}")
+                at = _EpochAt(step=global_step, phase_index=phase_index, phase=phase,
+                              index=epoch, final_phase=phase_index == len(phases) - 1,
+                              last_step=last_step)
+                if not self._epoch(at, step, mode, first=epoch == first_epoch):
                     break
         return self._finish(resumed_from)
+
+    def _replayed(self, global_step: int) -> bool:
+        """Whether a replay has trained all the steps it repeats."""
+        return self.replay is not None and global_step >= self.replay.steps
+
+    def _epoch(self, at: _EpochAt, step: Step, mode: str, *, first: bool) -> bool:
+        """Train one epoch, then (unless replaying) evaluate, track, checkpoint and report
+        it. Returns whether its phase goes on.
+
+        Raises:
+            TrialFailed: the training loss is not finite.
+            TrialPruned: the reporter asked to stop.
+        """
+        s = self.strategy
+        factor = (self.replay.lr_factors[at.step - 1] if self.replay is not None
+                  else lr_factor(s.schedule, at.index, at.phase.epochs, s.warmup_epochs,
+                                 self.tracker.plateau_factor))
+        step.opt_head.learning_rate = s.head_lr * factor
+        step.opt_backbone.learning_rate = s.backbone_lr * factor
+        t0 = time.perf_counter()
+        train_loss, train_accuracy, trace_s = self._train_epoch(step, mode, at.step, first=first)
+        if self.nan_at_step is not None and at.step >= self.nan_at_step:
+            train_loss = float("nan")  # test hook: behave exactly as a diverged run
+        self.timings["train"] += time.perf_counter() - t0 - trace_s
+        if not math.isfinite(train_loss):
+            raise TrialFailed("nan_loss", f"training loss became {train_loss} at "
+                                          f"step {at.step} ({at.phase.name})")
+        if s.bn_mode == "adapt":  # statistics of these weights, not of a blend
+            t0 = time.perf_counter()
+            self.tm.reestimate_batchnorm(self.train_images)
+            self.timings["bn_reestimate"] = (self.timings.get("bn_reestimate", 0.0)
+                                             + time.perf_counter() - t0)
+        record = {"step": at.step, "phase": at.phase.name, "phase_index": at.phase_index,
+                  "epoch": at.index, "unfrozen_blocks": at.phase.blocks,
+                  "train_loss": train_loss, "train_accuracy": train_accuracy}
+        rates = {"lr_head": s.head_lr * factor,
+                 "lr_backbone": s.backbone_lr * factor if step.backbone_vars else 0.0}
+        if self.replay is not None:  # nothing to select, so nothing to evaluate
+            if at.step in self.replay.soup_steps:
+                self.snapshots.append((math.nan, at.step, self.weights.get_weights()))
+            self.history.append({**record, **rates, "seconds": time.perf_counter() - t0})
+            return True
+        probs = self.predict_val(mode)
+        metrics = epoch_scores(self.y_val, probs, self.metric)
+        value = metrics[self.metric]
+        self.history.append({
+            **record, "val_loss": metrics["log_loss"], "val_accuracy": metrics["accuracy"],
+            "val_balanced_accuracy": metrics["balanced_accuracy"], "val_objective": value,
+            **rates, "seconds": time.perf_counter() - t0,
+        })
+        self.tracker.on_epoch_end(at.step, value)
+        if s.epoch_soup > 1 and at.final_phase:
+            self.snapshots.append((value, at.step, self.weights.get_weights()))
+            self.final_mode = mode
+        self._checkpoint(at.step, at.phase_index, at.index, step.opt_backbone, step.opt_head)
+        self.reporter.report(value, at.step)
+        # After its last epoch a trial is complete: nothing is left to prune.
+        if at.step < at.last_step and self.reporter.should_stop():
+            raise TrialPruned(f"pruned at step {at.step}")
+        if self.tracker.stop_phase:
+            self.notes.append(f"early stop in phase {at.phase.name} at step {at.step}")
+            return False
+        return True
+
+    def _train_epoch(self, step: Step, mode: str, global_step: int, *,
+                     first: bool) -> tuple[float, float, float]:
+        """One pass over the training images in the epoch's order, in batches. Returns
+        (mean loss, accuracy, seconds of the phase's first call of its step, or 0)."""
+        import tensorflow as tf
+
+        s = self.strategy
+        inputs = self._train_inputs(global_step, mode)
+        order = epoch_order(self.y_train, s, global_step)
+        total_loss, total_correct, seen, trace_s = 0.0, 0.0, 0, 0.0
+        for start in range(0, len(order), s.batch_size):
+            idx = np.sort(order[start:start + s.batch_size])
+            x = np.asarray(inputs[idx], dtype=np.float32)
+            y = self.y_train_onehot[idx]
+            w = (self.class_weights[self.y_train[idx]] if self.class_weights is not None
+                 else np.ones(len(idx), dtype=np.float32))
+            batch = (tf.constant(x), tf.constant(y), tf.constant(w))
+            if first and start == 0:
+                (loss, correct), trace_s = self._first_call(step.fn, *batch)
+            else:
+                loss, correct = step.fn(*batch)
+            total_loss += float(loss) * len(idx)
+            total_correct += float(correct)
+            seen += len(idx)
+        return total_loss / max(seen, 1), total_correct / max(seen, 1), trace_s
+
+    # -- the trial's end ---------------------------------------------------------------
 
     def _finish(self, resumed_from: int) -> TrialResult:
         extra: dict[str, Any] = {"head_solve": self.head_solve} if self.head_solve else {}
         if self.replay is None:
-            assert self.best is not None
             if len(self.snapshots) > 1:
                 extra["epoch_soup"] = self._epoch_soup()
             # The trial ends with its best epoch's weights (or its epoch soup's), so the
             # recorded validation predictions are exactly what an exported model predicts.
-            self._assign_mutable(self.best[2])
+            self.tracker.restore_best_weights()
         elif self.snapshots:  # the trial's epoch soup, averaged at the same steps
             from tlsearch.soup import average_weights
 
-            self._assign_mutable(average_weights([w for _, _, w in self.snapshots]))
+            self.weights.set_weights(average_weights([w for _, _, w in self.snapshots]))
             if self.strategy.bn_mode == "adapt":
                 self.tm.reestimate_batchnorm(self.train_images)
         # Final validation predictions are what `predict` will give: the deployable
@@ -767,7 +579,8 @@ class _Engine:
         else:
             probs = _predict_images(deploy, self.val_images)
         metrics = compute_metrics(self.y_val, probs, self.data.classes)
-        metrics["best_step"] = self.replay.steps if self.replay is not None else self.best[1]
+        metrics["best_step"] = (self.replay.steps if self.replay is not None
+                                else self.tracker.best_step)
         backbone_vars, head_vars = self.tm.trainable_variables
         params = {
             "total": int(deploy.count_params()),
@@ -776,8 +589,8 @@ class _Engine:
         return TrialResult(
             strategy=self.strategy, state="complete", objective=float(metrics[self.metric]),
             metric_name=self.metric, metrics=metrics, history=tuple(self.history),
-            timings=dict(self.timings), params=params, latency_ms=_latency_ms(deploy,
-                                                                            self.strategy),
+            timings=dict(self.timings), params=params,
+            latency_ms=model_latency_ms(deploy, self.strategy),
             cached=self.cached, cache=dict(self.cache_counts), val_probabilities=probs,
             resumed_from_step=resumed_from, notes=tuple(self.notes), model=deploy,
             extra=extra, backbone_digest=self._untouched_backbone(),
@@ -803,7 +616,7 @@ class _Engine:
         from tlsearch.soup import Soup, greedy_average
 
         def score(weights: list[np.ndarray], _: tuple[int, ...]) -> float:
-            self._assign_mutable(weights)
+            self.weights.set_weights(weights)
             if self.strategy.bn_mode == "adapt":
                 self.tm.reestimate_batchnorm(self.train_images)
             probs = self.predict_val(self.final_mode)
@@ -813,40 +626,17 @@ class _Engine:
         (first_value, first_step, first_weights), rest = ordered[0], ordered[1:]
         steps, weights, value, tried = greedy_average(
             (first_step, first_weights, first_value), ((n, w) for _, n, w in rest), score)
-        before = self.best[0]
+        before = self.tracker.best
         adopted = len(steps) > 1 and value > before
         if adopted:
-            self._assign_mutable(weights)
+            self.weights.set_weights(weights)
             if self.strategy.bn_mode == "adapt":
                 self.tm.reestimate_batchnorm(self.train_images)
             # The last step averaged in is the epoch count a retrain must reach.
-            self.best = (value, max(steps), self._mutable_values())
+            self.tracker.keep(value, max(steps))
         soup = Soup(ingredients=steps, val_score=value, first_val_score=first_value,
                     tried=tried, recipe="epochs")
         return {**soup.to_dict(), "adopted": adopted, "best_epoch_score": before}
-
-    # -- checkpoints --------------------------------------------------------------------
-
-    def _mutable_variables(self) -> list[Any]:
-        """Variables that can change during this trial (the frozen prefix never does)."""
-        tm = self.tm
-        if tm.prefix is None or tm.strategy.bn_mode == "adapt":
-            variables = list(tm.backbone.variables)
-        elif tm.suffix is None:
-            variables = []
-        else:
-            variables = list(tm.suffix.variables)
-        variables += list(tm.head.variables)
-        for layer in tm.augment:
-            variables += list(layer.variables)  # their seed-generator state
-        return variables
-
-    def _mutable_values(self) -> list[np.ndarray]:
-        return [np.array(v.numpy()) for v in self._mutable_variables()]
-
-    def _assign_mutable(self, values: list[np.ndarray]) -> None:
-        for variable, value in zip(self._mutable_variables(), values, strict=True):
-            variable.assign(value)
 
     # -- the head's starting point -----------------------------------------------------
 
@@ -887,147 +677,69 @@ class _Engine:
             # The solve itself is a candidate: SGD epochs replace it only if they win.
             probs = self.predict_val(self._mode(0))
             value = epoch_scores(self.y_val, probs, self.metric)[self.metric]
-            self.best = (value, 0, self._mutable_values())
+            self.tracker.keep(value, 0)
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def load_weights(self, checkpoint: Checkpoint) -> bool:
+        """Continue from the checkpoint's weights if they are this trial's variables
+        (same count); returns whether they were loaded."""
+        if len(checkpoint.weights) != len(self.weights.variables()):
+            return False
+        self.weights.set_weights(checkpoint.weights)
+        return True
 
     def _checkpoint(self, step: int, phase_index: int, epoch: int, opt_b: Any, opt_h: Any) -> None:
         if self.checkpoint_dir is None:
             return
-        arrays = {f"w{i}": v for i, v in enumerate(self._mutable_values())}
-        arrays.update({f"ob{i}": np.array(v.numpy()) for i, v in enumerate(opt_b.variables)})
-        arrays.update({f"oh{i}": np.array(v.numpy()) for i, v in enumerate(opt_h.variables)})
-        if self.best is not None:
-            arrays.update({f"b{i}": v for i, v in enumerate(self.best[2])})
-        state = {
-            "strategy": self.strategy.to_dict(), "global_step": step, "phase_index": phase_index,
-            "epoch_in_phase": epoch, "history": self.history,
-            "plateau_factor": self.plateau_factor,
-            "best_value": None if self.best is None else self.best[0],
-            "best_step": None if self.best is None else self.best[1],
-            "n_weights": len(self._mutable_variables()), "n_opt_b": len(opt_b.variables),
-            "n_opt_h": len(opt_h.variables),
-        }
-        save_checkpoint(self.checkpoint_dir, arrays, state)
-
-    def _restore_optimizers(self, resume: dict[str, Any], opt_b: Any, opt_h: Any) -> None:
-        arrays = resume["arrays"]
-        if len(opt_b.variables) == resume["n_opt_b"]:
-            for i, v in enumerate(opt_b.variables):
-                v.assign(arrays[f"ob{i}"])
-        if len(opt_h.variables) == resume["n_opt_h"]:
-            for i, v in enumerate(opt_h.variables):
-                v.assign(arrays[f"oh{i}"])
+        Checkpoint(
+            strategy=self.strategy.to_dict(), global_step=step, phase_index=phase_index,
+            epoch_in_phase=epoch, history=tuple(self.history),
+            weights=tuple(self.weights.get_weights()),
+            opt_backbone=tuple(_numpy(opt_b.variables)), opt_head=tuple(_numpy(opt_h.variables)),
+            plateau_factor=self.tracker.plateau_factor, best_value=self.tracker.best,
+            best_step=self.tracker.best_step,
+            best_weights=None if self.tracker.best_weights is None
+            else tuple(self.tracker.best_weights),
+        ).save(self.checkpoint_dir)
 
 
-def save_checkpoint(directory: Path, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
-    """Write `ckpt.npz` + `ckpt.json` atomically; the JSON (written last) holds the npz hash."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".ckpt.{uuid.uuid4().hex}.tmp.npz"
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        name = f"ckpt-{state['global_step']:05d}.npz"
-        os.replace(tmp, directory / name)
-        meta = dict(state, arrays=name, sha256=digest)
-        meta_tmp = directory / f".latest.{uuid.uuid4().hex}.tmp.json"
-        meta_tmp.write_text(json.dumps(meta, default=float))
-        with open(meta_tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(meta_tmp, directory / "latest.json")
-    finally:
-        tmp.unlink(missing_ok=True)
-    for old in directory.glob("ckpt-*.npz"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+class _TrialWeights:
+    """The variables a trial can change (the frozen prefix never does), read and set as
+    Keras's `get_weights`/`set_weights` do a model's."""
+
+    def __init__(self, tm: Any) -> None:
+        self.tm = tm
+
+    def variables(self) -> list[Any]:
+        tm = self.tm
+        if tm.prefix is None or tm.strategy.bn_mode == "adapt":
+            variables = list(tm.backbone.variables)
+        elif tm.suffix is None:
+            variables = []
+        else:
+            variables = list(tm.suffix.variables)
+        variables += list(tm.head.variables)
+        for layer in tm.augment:
+            variables += list(layer.variables)  # their seed-generator state
+        return variables
+
+    def get_weights(self) -> list[np.ndarray]:
+        return _numpy(self.variables())
+
+    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        for variable, value in zip(self.variables(), weights, strict=True):
+            variable.assign(value)
 
 
-def load_checkpoint(directory: Path) -> dict[str, Any] | None:
-    """The last intact checkpoint as a dict (arrays under "arrays"), or None."""
-    meta_path = Path(directory) / "latest.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-        blob = (Path(directory) / meta["arrays"]).read_bytes()
-    except (OSError, ValueError, KeyError):
-        return None
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-        return None
-    import io
-
-    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    meta["arrays"] = arrays
-    n_best = sum(1 for k in arrays if k.startswith("b"))
-    meta["best_weights"] = [arrays[f"b{i}"] for i in range(n_best)] if n_best else None
-    return meta
+def _numpy(variables: list[Any]) -> list[np.ndarray]:
+    """Copies of the variables' current values."""
+    return [np.array(v.numpy()) for v in variables]
 
 
-def _predict_images(model: Any, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+def _predict_images(model: Any, images: np.ndarray) -> np.ndarray:
     """Probabilities of a model over its inputs (images or activations), inference mode."""
-    out = []
-    for start in range(0, len(images), batch):
-        x = np.asarray(images[start:start + batch], dtype=np.float32)
-        out.append(np.asarray(model(x, training=False)))
-    return np.concatenate(out).astype(np.float64)
-
-
-_LATENCY_MEMO: dict[tuple, float] = {}
-
-
-def cpu_inference_fn(model: Any) -> Any:
-    """`model(x, training=False)` traced with every op placed on the CPU.
-
-    Where a GPU is visible, the model is first cloned under the CPU device (fresh
-    weights: latency depends on the architecture, not the values), so that no call
-    reads variables across the bus.
-    """
-    import keras
-    import tensorflow as tf
-
-    with tf.device("/CPU:0"):
-        if tf.config.list_logical_devices("GPU"):
-            model = keras.models.clone_model(model)
-
-        @tf.function
-        def fn(x):
-            with tf.device("/CPU:0"):
-                return model(x, training=False)
-
-    return fn
-
-
-def _latency_ms(model: Any, strategy: Strategy, repeats: int = 10) -> float:
-    """Median batch-1 CPU latency of the deployable model, after one warm-up call.
-
-    Measured on the CPU device explicitly (`cpu_inference_fn`), so a machine with a
-    GPU reports what `--max-latency-ms` promises. Latency depends on the architecture,
-    not the trained values, so it is measured once per (backbone, size, head shape) in
-    a process.
-    """
-    key = (strategy.backbone, strategy.image_size, strategy.head_hidden_units,
-           strategy.augmentation, model.count_params())
-    if key in _LATENCY_MEMO:
-        return _LATENCY_MEMO[key]
-
-    _LATENCY_MEMO[key] = measure_latency_ms(model, strategy.image_size, repeats)
-    return _LATENCY_MEMO[key]
-
-
-def measure_latency_ms(model: Any, size: int, repeats: int = 10) -> float:
-    """Median batch-1 CPU latency of `model` on (1, size, size, 3), after a warm-up call."""
-    import tensorflow as tf
-
-    fn = cpu_inference_fn(model)
-    with tf.device("/CPU:0"):
-        x = tf.zeros((1, size, size, 3))
-        fn(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    return map_batches(lambda x: model(x, training=False), images).astype(np.float64)
 
 
 def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = None, *,
@@ -1063,7 +775,7 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
     resume = None
     if resume_from is not None:
         resume = load_checkpoint(resume_from)
-        if resume is not None and resume.get("strategy") != strategy.to_dict():
+        if resume is not None and resume.strategy != strategy.to_dict():
             resume = None  # a checkpoint of another strategy is never applied
     started = time.perf_counter()
     engine = None
@@ -1072,12 +784,8 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
                          nan_at_step, reuse_backbone, replay)
         engine.prepare_inputs()
         engine.init_head()
-        if resume is not None:
-            if len(engine._mutable_variables()) != resume.get("n_weights"):
-                resume = None
-            else:
-                arrays = resume["arrays"]
-                engine._assign_mutable([arrays[f"w{i}"] for i in range(resume["n_weights"])])
+        if resume is not None and not engine.load_weights(resume):
+            resume = None
         result = engine.run(resume)
     except TrialPruned as exc:
         exc.timings = dict(engine.timings if engine else {},

@@ -60,8 +60,9 @@ def test_torn_journal_keeps_committed_trials_or_names_the_damage(tmp_path, figur
 
 
 def test_torn_checkpoint_is_detected_and_not_used(trial_data, tmp_path, figures):
+    from tlsearch.checkpoint import load_checkpoint
     from tlsearch.strategy import Strategy
-    from tlsearch.train import load_checkpoint, run_trial
+    from tlsearch.train import run_trial
 
     strategy = Strategy(backbone="tiny_cnn", image_size=32, weights="none", head_epochs=2,
                         unfreeze_blocks=1, finetune_epochs=1, seed=0)

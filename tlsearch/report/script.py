@@ -18,10 +18,10 @@ _TEMPLATES = Path(__file__).parent / "templates"
 
 def _phase_plan(s: dict[str, Any], n_blocks: int) -> list[tuple[int, int]]:
     """(unfrozen blocks, epochs) per phase, exactly as the trial engine plans them."""
+    from tlsearch.recipe import plan_phases  # the engine's own plan, so the two never drift
     from tlsearch.strategy import Strategy
-    from tlsearch.train import _phases  # the engine's own plan, so the two never drift
 
-    return [(p.blocks, p.epochs) for p in _phases(Strategy.from_dict(s), n_blocks)]
+    return [(p.blocks, p.epochs) for p in plan_phases(Strategy.from_dict(s), n_blocks)]
 
 
 def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: float,

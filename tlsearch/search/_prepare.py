@@ -122,7 +122,7 @@ def rank_data(data_dir: Path, *, space: str, weights: str, seed: int, val_fracti
     from tlsearch.features import FeatureCache
     from tlsearch.rank import rank_backbones
     from tlsearch.space import load_space
-    from tlsearch.train import TrialData
+    from tlsearch.trial_data import TrialData
 
     loaded = load_space(space, known_backbones=set(iter_names(include_test=True)))
     index = scan(Path(data_dir), progress=False)
@@ -294,7 +294,7 @@ def prepare_search(config: SearchConfig, emit: Callable[[str, dict], None]) -> P
     import optuna
 
     from tlsearch.features import FeatureCache
-    from tlsearch.train import TrialData
+    from tlsearch.trial_data import TrialData
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     handle = open_study(config)
