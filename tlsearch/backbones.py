@@ -238,7 +238,7 @@ class Blocks:
     def cut_for(self, unfreeze_blocks: int) -> str | None:
         """Name of the op whose output is the cut for a depth.
 
-        0 gives `"<output>"` (the whole backbone is the frozen prefix), a negative
+        0 gives `OUTPUT_CUT` (the whole backbone is the frozen prefix), a negative
         depth (`ALL_BLOCKS`) gives None (no prefix: the stem trains too), and depths
         past the block count are clamped to it.
         """

@@ -30,6 +30,8 @@ __all__ = [
     "Recipe",
     "loss_recipe",
     "lr_factor",
+    "make_loss",
+    "make_optimizer",
     "schedule_source",
 ]
 
@@ -237,6 +239,20 @@ SCHEDULES = {
 def loss_recipe(imbalance: str) -> Recipe:
     """The loss an imbalance remedy trains with."""
     return LOSSES["focal" if imbalance == "focal" else "crossentropy"]
+
+
+def make_optimizer(strategy: Any, lr: float) -> Any:
+    """The strategy's optimizer for one learning rate (the head's or the backbone's)."""
+    (optimizer,) = OPTIMIZERS[strategy.optimizer].build(
+        {"lr": lr, "weight_decay": strategy.weight_decay})
+    return optimizer
+
+
+def make_loss(strategy: Any) -> Any:
+    """The strategy's per-image loss."""
+    (loss,) = loss_recipe(strategy.imbalance).build(
+        {"label_smoothing": strategy.label_smoothing})
+    return loss
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int, warmup: int, plateau: float) -> float:

@@ -4,8 +4,9 @@
 Optuna: a `Reporter` (report a value at a step, ask whether to stop) lets an Optuna
 trial, a KerasTuner trial or nothing at all sit behind it.
 
-The strategy's phases (`tlsearch.recipe`: the head warm-up, then the top blocks at the
-lower backbone learning rate while the head keeps its own) run as one epoch loop.
+The strategy's phases (`tlsearch.plan`: the head warm-up, then the top blocks at the
+lower backbone learning rate while the head keeps its own) run as one epoch loop;
+optimizers, losses and the LR schedule are the recipes table's (`tlsearch.recipes`).
 Epochs are counted across phases as one global step, which is what the pruner sees;
 after each, the validation score goes to a `BestTracker` (best epoch, patience,
 plateau), a `Checkpoint` and the reporter. When the strategy's prefix is cacheable, its
@@ -27,20 +28,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from tlsearch.backbones import OUTPUT_CUT
 from tlsearch.batches import map_batches
 from tlsearch.checkpoint import Checkpoint, load_checkpoint
 from tlsearch.features import frozen_features
 from tlsearch.latency import model_latency_ms
 from tlsearch.metrics import compute_metrics, epoch_scores
-from tlsearch.recipe import (
-    Phase,
-    class_weights,
-    epoch_order,
-    lr_factor,
-    make_loss,
-    make_optimizer,
-    plan_phases,
-)
+from tlsearch.plan import Phase, class_weights, epoch_order, plan_phases
+from tlsearch.recipes import lr_factor, make_loss, make_optimizer
 from tlsearch.strategy import Strategy
 from tlsearch.tracker import BestTracker
 from tlsearch.trial_data import TrialData
@@ -265,7 +260,7 @@ class _Engine:
         if self.cached:
             self.inputs["prefix"] = self._cached_inputs(self.tm.feature_extractor(), None)
         if self.warmup_on_outputs:
-            self.inputs["outputs"] = self._cached_inputs(self.tm.output_extractor(), "<output>")
+            self.inputs["outputs"] = self._cached_inputs(self.tm.output_extractor(), OUTPUT_CUT)
         self.timings["prefix"] = time.perf_counter() - t0
 
     def _cached_inputs(self, extractor: Any, cut: str | None) -> tuple[list[np.ndarray],
@@ -650,7 +645,7 @@ class _Engine:
         else:  # looked up outside the trial's own cache counts: shared by every trial
             maps, _ = frozen_features(self.tm, self.data, self.feature_cache, part, "clean",
                                       exact=part == "val", extractor=self.tm.output_extractor(),
-                                      cut="<output>")
+                                      cut=OUTPUT_CUT)
         return np.asarray(maps, dtype=np.float32).mean(axis=(1, 2))
 
     def init_head(self) -> None:

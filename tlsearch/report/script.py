@@ -18,7 +18,7 @@ _TEMPLATES = Path(__file__).parent / "templates"
 
 def _phase_plan(s: dict[str, Any], n_blocks: int) -> list[tuple[int, int]]:
     """(unfrozen blocks, epochs) per phase, exactly as the trial engine plans them."""
-    from tlsearch.recipe import plan_phases  # the engine's own plan, so the two never drift
+    from tlsearch.plan import plan_phases  # the engine's own plan, so the two never drift
     from tlsearch.strategy import Strategy
 
     return [(p.blocks, p.epochs) for p in plan_phases(Strategy.from_dict(s), n_blocks)]

@@ -1,5 +1,6 @@
-"""A strategy's training recipe: its phases, learning-rate schedule, sample order,
-class weights, optimizer and loss, as the trial engine builds them from its fields.
+"""A strategy's training plan: its phases, each epoch's sample order and the class
+weights of its loss, as the trial engine follows them. (What each optimizer, loss,
+schedule and layer option is, is data in `tlsearch.recipes`.)
 
 Phases follow the seeds' recipe: warm the head up with the backbone frozen, then
 unfreeze the top blocks (all at once, or one more per phase). `tlsearch.report` words
@@ -8,15 +9,13 @@ the same plan (`plan_phases`), so the two never drift.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from tlsearch.strategy import ALL_BLOCKS, Strategy
 
-__all__ = ["Phase", "class_weights", "epoch_order", "lr_factor", "make_loss",
-           "make_optimizer", "plan_phases"]
+__all__ = ["Phase", "class_weights", "epoch_order", "plan_phases"]
 
 
 @dataclass(frozen=True)
@@ -50,19 +49,6 @@ def plan_phases(strategy: Strategy, n_blocks: int) -> list[Phase]:
     return phases
 
 
-def lr_factor(schedule: str, epoch: int, epochs: int, warmup: int, plateau_factor: float) -> float:
-    """Multiplier of a phase's base LR at `epoch` (0-based within the phase)."""
-    if warmup and epoch < warmup:
-        return (epoch + 1) / (warmup + 1)
-    if schedule == "cosine":
-        span = max(1, epochs - warmup)
-        t = (epoch - warmup) / span
-        return 0.5 * (1 + math.cos(math.pi * t)) * 0.9 + 0.1
-    if schedule == "plateau":
-        return plateau_factor
-    return 1.0
-
-
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Balanced per-class loss weights (1 for a class absent from `labels`)."""
     from sklearn.utils.class_weight import compute_class_weight
@@ -81,23 +67,3 @@ def epoch_order(labels: np.ndarray, strategy: Strategy, step: int) -> np.ndarray
     counts = np.bincount(labels)
     p = 1.0 / counts[labels]
     return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
-
-
-def make_optimizer(strategy: Strategy, lr: float):
-    import keras
-
-    if strategy.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9)
-    if strategy.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=strategy.weight_decay)
-    return keras.optimizers.Adam(lr)
-
-
-def make_loss(strategy: Strategy):
-    import keras
-
-    if strategy.imbalance == "focal":
-        return keras.losses.CategoricalFocalCrossentropy(
-            gamma=2.0, label_smoothing=strategy.label_smoothing, reduction=None)
-    return keras.losses.CategoricalCrossentropy(label_smoothing=strategy.label_smoothing,
-                                                reduction=None)
