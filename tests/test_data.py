@@ -429,7 +429,7 @@ def test_decode_cached_reuses_a_complete_file(cached, monkeypatch: pytest.Monkey
     def fail(*args, **kwargs):
         raise AssertionError("decoded again despite a valid cache")
 
-    monkeypatch.setattr(data, "decode_image", fail)
+    monkeypatch.setattr(data._cache, "decode_image", fail)  # what decode_cached calls
     again = decode_cached(index.root, paths, 8, cache_dir=cache, fingerprint=index.fingerprint)
     np.testing.assert_array_equal(again, first)
     with pytest.raises(AssertionError):  # another size, method or fingerprint is another key

@@ -17,7 +17,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from tlsearch.data import DecodeError, ImageIndex, ImageRecord, _parallel_map, decode_image
+from tlsearch.data import DecodeError, ImageIndex, ImageRecord, decode_image
+from tlsearch.data._scan import _parallel_map
 
 __all__ = ["NEAR_DUPLICATE_DISTANCE", "DuplicateSets", "find_duplicates"]
 
