@@ -1,4 +1,4 @@
-"""Export a trial as a deployable model, and predict with exactly the training pipeline.
+"""Export a trial as a deployable model (prediction with it: `tlsearch.predict`).
 
 An exported folder holds `model.keras` (raw RGB 0-255 in, probabilities out; the
 backbone's preprocessing inside the graph), `labels.json`, `strategy.json` and a
