@@ -88,8 +88,11 @@ def test_killed_worker_trial_is_recovered_by_the_others(tmp_path):
         journal = study_dir / "journal.log"
         if not journal.exists():
             continue
-        study = optuna.load_study(study_name="kill",
-                                  storage=JournalStorage(JournalFileBackend(str(journal))))
+        try:
+            study = optuna.load_study(study_name="kill",
+                                      storage=JournalStorage(JournalFileBackend(str(journal))))
+        except KeyError:  # the journal exists but the study is not in it yet
+            continue
         for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
             latest = study_dir / "trials" / f"{t.number:04d}" / "checkpoint" / "latest.json"
             if "worker" in t.user_attrs and latest.exists() and \

@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tlsearch.atomic import atomic_write, replacing
 
 __all__ = ["CHECKPOINT_DIR_NAME", "Checkpoint", "load_checkpoint"]
 
@@ -104,23 +104,14 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
 def _write(directory: Path, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
     """`ckpt-<step>.npz`, then `latest.json` naming it with its hash; older npz removed."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".ckpt.{uuid.uuid4().hex}.tmp.npz"
-    try:
+    name = f"ckpt-{state['global_step']:05d}.npz"
+    with replacing(directory / name) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        name = f"ckpt-{state['global_step']:05d}.npz"
-        os.replace(tmp, directory / name)
-        meta = dict(state, arrays=name, sha256=digest)
-        meta_tmp = directory / f".latest.{uuid.uuid4().hex}.tmp.json"
-        meta_tmp.write_text(json.dumps(meta, default=float))
-        with open(meta_tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(meta_tmp, directory / _LATEST)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Named last: a kill before this line leaves the previous checkpoint in charge.
+    atomic_write(directory / _LATEST, json.dumps(dict(state, arrays=name, sha256=digest),
+                                                default=float))
     for old in directory.glob("ckpt-*.npz"):
         if old.name != name:
             old.unlink(missing_ok=True)

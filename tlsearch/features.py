@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tlsearch.atomic import atomic_write, replacing
 from tlsearch.batches import map_batches
 
 if TYPE_CHECKING:
@@ -67,14 +67,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FeatureCache:
@@ -206,23 +198,15 @@ class FeatureCache:
 
     def _write(self, key: str, array: np.ndarray, meta: dict[str, Any]) -> None:
         data_path, meta_path, _ = self._paths(key)
-        tmp = self.root / f".{key}.{uuid.uuid4().hex}.tmp.npy"
-        try:
+        with replacing(data_path) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, array, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
             record = dict(meta, sha256=_sha256_file(tmp), shape=list(array.shape),
                           dtype=str(array.dtype))
-            meta_tmp = self.root / f".{key}.{uuid.uuid4().hex}.tmp.json"
-            meta_tmp.write_text(json.dumps(record, sort_keys=True))
-            # The sidecar goes first: a reader that finds new data with an old sidecar
-            # fails the checksum and recomputes rather than trusting a mismatch.
-            os.replace(meta_tmp, meta_path)
-            os.replace(tmp, data_path)
-            _fsync_dir(self.root)
-        finally:
-            tmp.unlink(missing_ok=True)
+            # The sidecar goes first (the data is renamed as the block ends): a reader
+            # that finds new data with an old sidecar fails the checksum and recomputes
+            # rather than trusting a mismatch.
+            atomic_write(meta_path, json.dumps(record, sort_keys=True))
 
 
 def _size(path: Path) -> int:

@@ -3,6 +3,7 @@ the recommended strategy the way the trial engine does, shown in the report."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,6 @@ def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: 
     Rendered from `templates/recipe.py.j2`; what varies by recipe comes from
     `tlsearch.recipes`, the table the engine builds from.
     """
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
     from tlsearch.recipes import (
         AUGMENTATIONS,
         OPTIMIZERS,
@@ -81,9 +80,18 @@ def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: 
         "c_grid": repr(tuple(sorted(HEAD_C_GRID)) if s.get("head_init", "solve") == "solve"
                        else (HEAD_DEFAULT_C,)),
     }
+    return _template().render(**context)
+
+
+@functools.cache
+def _template() -> Any:
+    """The script's template, parsed once per process (a report renders one per trial)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    # Python source, not HTML: nothing to escape (values are written with repr()).
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=False,
                       keep_trailing_newline=True, undefined=StrictUndefined)
-    return env.get_template("recipe.py.j2").render(**context)
+    return env.get_template("recipe.py.j2")
 
 
 def _backbone_code(s: dict[str, Any], spec: Any) -> dict[str, str]:
