@@ -22,12 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from tlsearch.metrics import metric_value
 from tlsearch.report.diagnosis import _diagnose
 from tlsearch.report.records import _load
 from tlsearch.report.script import keras_snippet
 from tlsearch.report.sections import (
-    GALLERY_LIMIT,
     _baselines,
     _best_model,
     _blend_text,
@@ -56,18 +54,7 @@ from tlsearch.report.wording import (
     display,
 )
 
-# This module's names from before the split, still importable from here (their homes
-# are the modules above) for code written against it.
-__all__ = [
-    "BOOTSTRAP_RESAMPLES",
-    "GALLERY_LIMIT",
-    "build_context",
-    "bootstrap_interval",
-    "display",
-    "keras_snippet",
-    "metric_value",
-    "pareto_front",
-]
+__all__ = ["build_context"]
 
 
 def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) -> dict[str, Any]:
