@@ -86,10 +86,13 @@ def keras_snippet(s: dict[str, Any], spec: Any, *, data_dir: str, val_fraction: 
 @functools.cache
 def _template() -> Any:
     """The script's template, parsed once per process (a report renders one per trial)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-    # Python source, not HTML: nothing to escape (values are written with repr()).
-    env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=False,
+    # Escaping by the template's kind, as Jinja recommends: HTML/XML would be escaped;
+    # this one is Python source (values written with repr()), which the report's own
+    # autoescaped template escapes where it shows it.
+    env = Environment(loader=FileSystemLoader(str(_TEMPLATES)),
+                      autoescape=select_autoescape(("html", "htm", "xml")),
                       keep_trailing_newline=True, undefined=StrictUndefined)
     return env.get_template("recipe.py.j2")
 
