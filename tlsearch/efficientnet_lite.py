@@ -191,7 +191,7 @@ def imagenet_weights_path(variant: LiteVariant, *, include_top: bool = False) ->
         WeightsError: the package file is truncated, altered or unknown.
     """
     from tlsearch.backbones import WeightsError, WeightsUnavailableError
-    from tlsearch.search import default_cache_dir
+    from tlsearch.paths import default_cache_dir
     from tlsearch.torchfile import TorchFileError, read_state_dict
 
     source = package_file(variant)

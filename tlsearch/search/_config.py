@@ -4,10 +4,11 @@ one error a search raises."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from tlsearch.paths import default_cache_dir
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
@@ -20,10 +21,6 @@ ENGINES = ("optuna", "keras-tuner")
 class SearchError(RuntimeError):
     """A search cannot start or continue; the message is one line saying why."""
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("TLSEARCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tlsearch")
-    return Path(base)
 
 @dataclass(frozen=True)
 class SearchConfig:
