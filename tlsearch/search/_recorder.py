@@ -32,8 +32,8 @@ def optuna_state(end: str) -> Any:
     """The Optuna state a trial that ended as `end` (one of `ENDS`) is stored with."""
     from optuna.trial import TrialState
 
-    return {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
-            "failed": TrialState.FAIL}[end]
+    return dict(zip(ENDS, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL),
+                    strict=True))[end]
 
 
 def disk_failure(exc: OSError) -> str | None:
