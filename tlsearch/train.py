@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +35,8 @@ from tlsearch.features import frozen_features
 from tlsearch.latency import model_latency_ms
 from tlsearch.metrics import compute_metrics, epoch_scores
 from tlsearch.plan import Phase, class_weights, epoch_order, plan_phases
-from tlsearch.recipes import lr_factor, make_loss, make_optimizer
+from tlsearch.recipes import lr_factor, make_loss
+from tlsearch.steps import Step, pooled, trace_inference, trace_train_step
 from tlsearch.strategy import Strategy
 from tlsearch.tracker import BestTracker
 from tlsearch.trial import (  # the engine's interface, re-exported
@@ -47,9 +48,6 @@ from tlsearch.trial import (  # the engine's interface, re-exported
     TrialResult,
 )
 from tlsearch.trial_data import TrialData
-
-if TYPE_CHECKING:
-    from tlsearch.steps import Step
 
 __all__ = [
     "NullReporter",
@@ -206,8 +204,6 @@ class _Engine:
     def _step(self, mode: str, blocks: int) -> Any:
         """The phase's train step: traced now, or the pooled one with the same graph
         (`tlsearch.steps`), its optimizers zeroed and this trial's dropout rate set."""
-        from tlsearch.steps import pooled
-
         s, tm = self.strategy, self.tm
         # What the graph depends on besides the objects it closes over (the owners): the
         # trainable set (blocks; BatchNorm mode where backbone layers run), the loss and
@@ -216,55 +212,10 @@ class _Engine:
         key = None if mode == "images" or not self.reuse else (
             "train", mode, blocks, bn, s.imbalance == "focal", s.label_smoothing,
             s.optimizer, s.weight_decay, self.n_classes)
-        step = pooled(key, (tm.head, tm.suffix, tm.backbone), lambda: self._trace_step(mode))
+        step = pooled(key, (tm.head, tm.suffix, tm.backbone),
+                      lambda: trace_train_step(tm, s, self.loss_fn, mode, self.n_classes))
         step.reset(s.head_dropout)
         return step
-
-    def _trace_step(self, mode: str) -> Any:
-        import tensorflow as tf
-
-        from tlsearch.steps import Step
-
-        tm, s = self.tm, self.strategy
-        loss_fn = self.loss_fn
-        opt_backbone = make_optimizer(s, s.backbone_lr)
-        opt_head = make_optimizer(s, s.head_lr)
-        backbone_vars, head_vars = tm.trainable_variables
-        if backbone_vars:
-            opt_backbone.build(backbone_vars)
-        opt_head.build(head_vars)
-        dropout = tf.Variable(float(s.head_dropout), trainable=False, dtype=tf.float32)
-        forward = {"prefix": tm.features_forward, "images": tm.train_forward,
-                   "outputs": tm.head_forward}[mode]
-
-        # One trace per phase: the batch dimension is left open, so the last, smaller
-        # batch of an epoch does not trace the step a second time.
-        in_shape = {"prefix": lambda: tuple(tm.prefix.output.shape[1:]),
-                    "outputs": lambda: tuple(tm.backbone.output.shape[1:]),
-                    "images": lambda: (self.strategy.image_size,) * 2 + (3,)}[mode]()
-        signature = [tf.TensorSpec((None, *in_shape), tf.float32),
-                     tf.TensorSpec((None, self.n_classes), tf.float32),
-                     tf.TensorSpec((None,), tf.float32)]
-
-        @tf.function(input_signature=signature)
-        def step(x, y_onehot, sample_weight):
-            with tf.GradientTape() as tape:
-                probs = forward(x, dropout)
-                per_sample = loss_fn(y_onehot, probs)
-                loss = tf.reduce_sum(per_sample * sample_weight) / tf.reduce_sum(sample_weight)
-                reg = tf.add_n(tm.head.losses) if tm.head.losses else 0.0
-                total = loss + reg
-            grads = tape.gradient(total, backbone_vars + head_vars)
-            if backbone_vars:
-                opt_backbone.apply_gradients(zip(grads[:len(backbone_vars)], backbone_vars,
-                                                 strict=True))
-            opt_head.apply_gradients(zip(grads[len(backbone_vars):], head_vars, strict=True))
-            correct = tf.reduce_sum(tf.cast(
-                tf.equal(tf.argmax(probs, 1), tf.argmax(y_onehot, 1)), tf.float32))
-            return loss, correct
-
-        return Step(fn=step, opt_backbone=opt_backbone, opt_head=opt_head,
-                    backbone_vars=backbone_vars, head_vars=head_vars, dropout=dropout)
 
     def predict_val(self, mode: str) -> np.ndarray:
         t0 = time.perf_counter()
@@ -300,19 +251,12 @@ class _Engine:
 
     def _eval_fn(self, mode: str, traced: list[bool]) -> Any:
         """The inference pass through the trained part, traced once per trial (or taken
-        from `tlsearch.steps`' pool with the same objects): eager Keras through backbone
-        blocks cost about as much per epoch as training them from the cache (measured:
-        28% of a full fine-tune's time was validation). Appends to `traced` if traced."""
-        import tensorflow as tf
-
-        from tlsearch.steps import pooled
+        from `tlsearch.steps`' pool with the same objects). Appends to `traced` if traced."""
 
         def build() -> Any:
-            model = self.tm.features_model() if mode == "prefix" else self.tm.deployable()
-            shape = tuple(model.input.shape[1:])
             traced.append(True)
-            return tf.function(lambda batch: model(batch, training=False),
-                               input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+            return trace_inference(self.tm.features_model() if mode == "prefix"
+                                   else self.tm.deployable())
 
         if mode not in self._eval_fns:
             tm = self.tm
