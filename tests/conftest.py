@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -67,6 +68,35 @@ def trial_data(colour_data, tmp_path):
     index = scan(colour_data)
     split = make_split(index, val_fraction=0.3, seed=0)
     return TrialData.from_split(colour_data, split, tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory) -> Path:
+    """The folder of one finished search, run once per session for the tests that read
+    or export a study without caring how it was searched: `data/` (3 colour classes of
+    15 images), `studies/s` (3 sampled trials of 2 head and 1 fine-tuning epoch, no
+    baselines or ranking, a 20% held-out test split), `cache/`. Opening a study writes
+    to it, so tests use a copy (`study_copy`), never this folder."""
+    from tlsearch.search import SearchConfig, run_search
+
+    root = tmp_path_factory.mktemp("finished")
+    data = write_colour_dataset(root / "data", {"red": 15, "green": 15, "blue": 15})
+    space = root / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(head_epochs=2, finetune_epochs=1))
+    run_search(SearchConfig(data_dir=str(data), space=str(space), study="s", trials=3,
+                            out=str(root / "studies"), weights="none", pruner="none",
+                            cache_dir=str(root / "cache"), baselines=False, rank=False,
+                            test_fraction=0.2))
+    return root
+
+
+@pytest.fixture
+def study_copy(finished_study, tmp_path) -> tuple[Path, Path]:
+    """(studies folder, data folder): `finished_study`'s studies copied into this test's
+    folder (study `s`), the shared data read where it is."""
+    studies = tmp_path / "studies"
+    shutil.copytree(finished_study / "studies", studies)
+    return studies, finished_study / "data"
 
 
 @pytest.fixture(scope="session")

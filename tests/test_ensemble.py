@@ -74,25 +74,17 @@ def test_ensemble_temperature_is_fitted_for_the_mean_of_scaled_members():
     assert nll(t) <= min(nll(t * 0.8), nll(t * 1.25), nll(1.0))
 
 
-def test_export_ensemble_through_the_cli_is_scored_once_on_test(tmp_path):
+def test_export_ensemble_through_the_cli_is_scored_once_on_test(study_copy, tmp_path):
     """The exported ensemble equals the mean of its members' exported models, and its
     own held-out score is recorded in export.json and in the study."""
-    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import EXPORT_ATTR, load_model_safely
-    from tlsearch.search import SearchConfig, load_config, open_study, run_search
+    from tlsearch.search import load_config, open_study
 
-    data = write_colour_dataset(tmp_path / "data", {"red": 15, "green": 15, "blue": 15})
-    space = tmp_path / "tiny.yaml"
-    space.write_text(TINY_SPACE.format(head_epochs=2, finetune_epochs=1))
-    config = SearchConfig(data_dir=str(data), space=str(space), study="s", trials=3,
-                          out=str(tmp_path / "studies"), weights="none", pruner="none",
-                          cache_dir=str(tmp_path / "cache"), baselines=False, rank=False,
-                          test_fraction=0.2)
-    run_search(config)
+    studies_dir, data = study_copy
     runner = CliRunner()
-    studies = ["--studies", str(tmp_path / "studies")]
+    studies = ["--studies", str(studies_dir)]
     done = runner.invoke(app, ["export", "s", "--out", str(tmp_path / "e"), *studies,
                                "--no-calibrate", "--no-tta", "--ensemble"])
     assert done.exit_code == 0, done.output
@@ -104,12 +96,12 @@ def test_export_ensemble_through_the_cli_is_scored_once_on_test(tmp_path):
     assert summary["exported_test"]["n_test"] == 9 and 0 <= summary["exported_test"]["ece"] <= 1
     card = (tmp_path / "e" / "MODEL_CARD.md").read_text()
     assert "Ensemble:" in card and "Held-out test of this exported model (9 images" in card
-    handle = open_study(load_config(tmp_path / "studies" / "s"), create=False)
+    handle = open_study(load_config(studies_dir / "s"), create=False)
     assert handle.study.user_attrs[EXPORT_ATTR]["exported_test"] == summary["exported_test"]
     x = np.stack([decode_image(p, 32) for p in sorted((data / "red").glob("*.png"))[:6]])
     exported = np.asarray(load_model_safely(tmp_path / "e" / "model.keras")(
         x.astype("f4"), training=False))
-    members = [np.asarray(kept.load(tmp_path / "studies" / "s" / "trials" / f"{n:04d}")(
+    members = [np.asarray(kept.load(studies_dir / "s" / "trials" / f"{n:04d}")(
         x.astype("f4"), training=False)) for n in chosen["members"]]
     np.testing.assert_allclose(exported, np.mean(members, 0), atol=1e-5)
     both = runner.invoke(app, ["export", "s", "--out", str(tmp_path / "b"), *studies,

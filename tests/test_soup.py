@@ -73,23 +73,15 @@ def test_greedy_soup_keeps_only_ingredients_that_help():
     assert one.ingredients == (1,) and float(alone.get_weights()[0][0]) == 0.0
 
 
-def test_export_soup_through_the_cli(tmp_path):
+def test_export_soup_through_the_cli(study_copy, tmp_path):
     """A soup of one ingredient is that trial's model; a soup never scores below it."""
-    from tests.conftest import TINY_SPACE, write_colour_dataset
     from tlsearch.cli import app
     from tlsearch.data import decode_image
     from tlsearch.export import load_model_safely
-    from tlsearch.search import SearchConfig, run_search
 
-    data = write_colour_dataset(tmp_path / "data", {"red": 15, "green": 15, "blue": 15})
-    space = tmp_path / "tiny.yaml"
-    space.write_text(TINY_SPACE.format(head_epochs=2, finetune_epochs=1))
-    config = SearchConfig(data_dir=str(data), space=str(space), study="s", trials=3,
-                          out=str(tmp_path / "studies"), weights="none", pruner="none",
-                          cache_dir=str(tmp_path / "cache"), baselines=False, rank=False)
-    run_search(config)
+    studies, data = study_copy
     runner = CliRunner()
-    studies = str(tmp_path / "studies")
+    studies = str(studies)
     # plain: the trial alone (not averaged with a kept head-only trial on its backbone).
     for name, extra in (("plain", ["--no-blend-floor"]), ("soup", ["--soup", "greedy"]),
                         ("uniform", ["--soup", "uniform"])):

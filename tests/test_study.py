@@ -291,3 +291,36 @@ def test_a_fine_tuning_trial_meets_the_pruner_only_after_fine_tuning(
     # not shown to the pruner; it is judged after its first fine-tuning epoch (step 3).
     assert epochs[-1] == stopped_at
     assert sorted(trial.storage.get_trial(trial._trial_id).intermediate_values) == pruning_steps
+
+
+def test_a_moved_study_opens_where_it_is_and_never_where_it_was(study_copy, finished_study,
+                                                                 tmp_path, monkeypatch):
+    """A copied (or moved) study folder, used from another working directory: export,
+    report, status and priors read and write the copy; the folder it was created in is
+    left byte for byte as it was, and a study that is gone leaves nothing behind."""
+    from tlsearch.cli import app
+    from tlsearch.export import EXPORT_ATTR
+    from tlsearch.priors import load_priors
+    from tlsearch.search import load_config, open_study
+
+    studies, _ = study_copy
+    original = finished_study / "studies" / "s"
+    before = {p.name: p.read_bytes() for p in original.iterdir() if p.is_file()}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    runner = CliRunner()
+    done = runner.invoke(app, ["export", "s", "--studies", str(studies), "--out",
+                               str(tmp_path / "model"), "--no-tta"])
+    assert done.exit_code == 0, done.output
+    assert load_config(studies / "s").study_dir == studies / "s"
+    assert EXPORT_ATTR in open_study(load_config(studies / "s"), create=False).study.user_attrs
+    assert runner.invoke(app, ["status", "s", "--out", str(studies)]).exit_code == 0
+    assert runner.invoke(app, ["report", "s", "--studies", str(studies), "--out",
+                               str(tmp_path / "r.html")]).exit_code == 0
+    assert load_priors([studies / "s"], top=1)
+    assert {p.name: p.read_bytes() for p in original.iterdir() if p.is_file()} == before
+    # A study that is not there: one line, and no empty study left in its place.
+    gone = runner.invoke(app, ["export", "s", "--studies", str(tmp_path / "nowhere"),
+                               "--out", str(tmp_path / "m2")])
+    assert gone.exit_code != 0 and "no study" in gone.output
+    assert not (tmp_path / "nowhere").exists()

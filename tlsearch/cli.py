@@ -387,7 +387,8 @@ def resume(
 
     with one_line_errors():
         config = load_config(out / study)
-    config = dataclasses.replace(config, out=str(out), **({"trials": trials} if trials else {}))
+    if trials:
+        config = dataclasses.replace(config, trials=trials)
     if config.engine == "keras-tuner":  # a study saved before the oracle's pruner was recorded
         from tlsearch.search import ORACLE_PRUNER
 
@@ -470,7 +471,6 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Leaderboard, trial counts by state and failures with reasons."""
-    import dataclasses
 
     from tlsearch.progress import render_status
     from tlsearch.search import load_config, open_study, study_summary
@@ -478,7 +478,7 @@ def status(
     _quiet_warnings()
 
     with one_line_errors():
-        config = dataclasses.replace(load_config(out / study), out=str(out))
+        config = load_config(out / study)
         summary = study_summary(open_study(config, create=False), top=top)
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")

@@ -100,10 +100,7 @@ def _load(study_dir: Path) -> _Loaded:
     from tlsearch.space import SpaceError
 
     study_dir = Path(study_dir)
-    # The folder as given wins over the `out` recorded when the study was created,
-    # so a study that was moved (or is addressed from another folder) still opens.
-    config = dataclasses.replace(load_config(study_dir), out=str(study_dir.parent),
-                                 study=study_dir.name)
+    config = load_config(study_dir)  # opens where it is, if moved
     notes: list[str] = []
     try:
         handle = open_study(config, create=False)

@@ -4,7 +4,7 @@ one error a search raises."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +98,15 @@ class SearchConfig:
         return cls(**values)
 
 def load_config(study_dir: Path) -> SearchConfig:
+    """The saved config of the study in `study_dir`, whose `out` is that folder's parent:
+    a study moved or copied elsewhere (or addressed from another working directory)
+    opens where it is, not where it was created."""
     path = Path(study_dir) / CONFIG_FILE
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise SearchError(f"no study at {study_dir} ({CONFIG_FILE} unreadable: {exc})") from None
-    return SearchConfig.from_dict(data)
+    return replace(SearchConfig.from_dict(data), out=str(Path(study_dir).parent))
 
 def meets_constraints(config: SearchConfig, latency_ms: float | None,
                       params_total: int | None) -> bool:

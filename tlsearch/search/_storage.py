@@ -206,6 +206,8 @@ def open_study(config: SearchConfig, *, create: bool = True) -> StudyHandle:
     space = load_space(config.space, overrides=config.overrides,
                        known_backbones=set(iter_names(include_test=True)))
     study_dir = config.study_dir
+    if not create and not study_dir.is_dir():  # opening must not leave an empty study
+        raise SearchError(f"no study at {study_dir}")
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = make_storage(config.storage, study_dir)
     metric = config.metric or space.objective
