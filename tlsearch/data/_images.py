@@ -17,34 +17,18 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 #: own, anything over twice its global limit, so a larger `max_pixels` is capped there.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-
+# Why a file is skipped (the codes in `ImageIndex.skipped`; worded in REASONS).
 ZERO_BYTES = "zero_bytes"
-
-
 NOT_IMAGE = "not_image"
-
-
 TRUNCATED = "truncated"
-
-
 DECOMPRESSION_BOMB = "decompression_bomb"
-
-
 #: A header that claims giant dimensions with no pixel data behind it cannot be told
 #: apart from a real decompression bomb without decoding it, which is what the limit
 #: exists to avoid; both are reported as `DECOMPRESSION_BOMB`.
 HUGE_HEADER = DECOMPRESSION_BOMB
-
-
 UNREADABLE = "unreadable"
-
-
 BROKEN_SYMLINK = "broken_symlink"
-
-
 SYMLINK_LOOP = "symlink_loop"
-
-
 UNDECODABLE = "undecodable"
 
 
@@ -63,27 +47,14 @@ REASONS: dict[str, str] = {
 }
 
 
+# What a kept file may carry (worded in NOTES).
 WRONG_EXTENSION = "wrong_extension"
-
-
 ANIMATED = "animated"
-
-
 EXIF_ROTATED = "exif_rotated"
-
-
 CMYK = "cmyk"
-
-
 HIGH_BIT_DEPTH = "16bit"
-
-
 PALETTE = "palette"
-
-
 GRAYSCALE = "grayscale"
-
-
 ALPHA = "alpha"
 
 
@@ -122,8 +93,6 @@ ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 
 # Pillow's JPEG opener returns MPO images itself; "MPO" is not an opener name.
 _OPENERS = tuple(f for f in ACCEPTED_FORMATS if f != "MPO")
-
-
 #: Resizing squashes the whole image to ``size x size`` (no crop, aspect not kept)
 #: with Pillow's BILINEAR filter and ``reducing_gap=None`` (exact, no JPEG draft mode).
 RESIZE_METHOD = "bilinear"
@@ -150,11 +119,7 @@ _SIGNATURES = (
 
 
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-
-
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-
-
 _BACKGROUND = (255, 255, 255, 255)
 
 
