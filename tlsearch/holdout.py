@@ -91,7 +91,7 @@ def member_temperatures(handle: Any, members: tuple[int, ...] | list[int],
     return [1.0 if t is None else t for t in found]
 
 
-def _calibration(probs: np.ndarray, labels: np.ndarray, temperature: float,
+def _calibration(probs: np.ndarray, labels: np.ndarray, temperature: float, *,
                  members: list[np.ndarray] | None = None) -> dict[str, Any]:
     """ECE before and after temperature scaling; with `members` (an average's), each
     member is scaled by T and then averaged, as the exported ensemble does."""

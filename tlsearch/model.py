@@ -67,7 +67,7 @@ def augmentation_layers(level: str, *, seed: int = 0) -> list[Any]:
     return AUGMENTATIONS[level].build({"seed": seed})
 
 
-def reestimate_statistics(bns: list[Any], forward: Any, images: np.ndarray,
+def reestimate_statistics(bns: list[Any], forward: Any, images: np.ndarray, *,
                           batch_size: int = 64) -> None:
     """Set the moving mean and variance of BatchNorm layers `bns` to their size-weighted
     average over `images` under the current weights (as
@@ -190,7 +190,7 @@ class TransferModel:
             self.backbone(x, training=True)
 
         reestimate_statistics([op for op in self.backbone.operations if _is_bn(op)], forward,
-                              images, batch_size)
+                              images, batch_size=batch_size)
 
     # -- graphs ----------------------------------------------------------------------
 

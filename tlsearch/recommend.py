@@ -77,7 +77,7 @@ def paired_standard_error(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.n
 
 
 def select(candidates: Sequence[Candidate], labels: np.ndarray | None,
-           probs: Mapping[int, np.ndarray], metric: str, rule: str = "1se") -> Selection | None:
+           probs: Mapping[int, np.ndarray], metric: str, *, rule: str = "1se") -> Selection | None:
     """The trial to recommend among `candidates` (eligible trials with a kept model).
 
     Under "1se", a candidate is admissible when the best trial's lead over it is at most
@@ -150,7 +150,7 @@ def recommend_trial(handle: object, rule: str | None = None) -> Selection | None
         if result.get("val_probabilities") is not None:
             probs[t.number] = np.asarray(result["val_probabilities"], dtype=np.float64)
         candidates.append(Candidate(t.number, float(t.value), trainable))
-    return select(candidates, labels, probs, metric, rule)
+    return select(candidates, labels, probs, metric, rule=rule)
 
 
 def floor_partner(handle: object, chosen: int) -> int | None:

@@ -87,7 +87,7 @@ def reestimate_batchnorm(model: Any, images: np.ndarray, batch_size: int = 64) -
     from tlsearch.model import reestimate_statistics
 
     reestimate_statistics(batchnorm_layers(model), lambda x: model(x, training=True), images,
-                          batch_size)
+                          batch_size=batch_size)
 
 
 def _same_shapes(a: list[np.ndarray], b: list[np.ndarray]) -> bool:

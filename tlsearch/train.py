@@ -81,7 +81,7 @@ class _EpochAt:
 class _Engine:
     """One trial's mutable state; `run_trial` is its only user."""
 
-    def __init__(self, strategy: Strategy, data: TrialData, reporter: Reporter,
+    def __init__(self, strategy: Strategy, data: TrialData, reporter: Reporter, *,
                  checkpoint_dir: Path | None, metric: str, feature_cache: Any,
                  nan_at_step: int | None, reuse_backbone: bool,
                  replay: Replay | None = None) -> None:
@@ -618,8 +618,9 @@ def run_trial(strategy: Strategy, data: TrialData, reporter: Reporter | None = N
     started = time.perf_counter()
     engine = None
     try:
-        engine = _Engine(strategy, data, reporter, checkpoint_dir, metric, feature_cache,
-                         nan_at_step, reuse_backbone, replay)
+        engine = _Engine(strategy, data, reporter, checkpoint_dir=checkpoint_dir, metric=metric,
+                         feature_cache=feature_cache, nan_at_step=nan_at_step,
+                         reuse_backbone=reuse_backbone, replay=replay)
         engine.prepare_inputs()
         engine.init_head()
         if resume is not None and not engine.load_weights(resume):

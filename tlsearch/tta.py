@@ -49,7 +49,7 @@ def views_for(augmentation: str) -> tuple[str, ...]:
     return ("identity",) if augmentation == "none" else ("identity", "hflip", "zoom")
 
 
-def tta_probabilities(model: Any, x: np.ndarray, views: Sequence[str],
+def tta_probabilities(model: Any, x: np.ndarray, views: Sequence[str], *,
                       batch_size: int = 64) -> np.ndarray:
     """Mean probabilities of `model` over `views` of the decoded images `x`."""
     total = None

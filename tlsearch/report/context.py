@@ -196,7 +196,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         "doctor_note": doctor_note,
         "search": _search_health(trials),
         "constraints": constraints,
-        "baselines": _baselines(trials, best, metric, test_scores, headline),
+        "baselines": _baselines(trials, best, metric, test_scores, headline=headline),
         "ranking": _ranking(handle.study.user_attrs.get("ranking") or [], complete,
                             handle.study.user_attrs.get("ranker") or "logme"),
         "cost": {"time": cost_points, "latency": latency_points,
@@ -206,7 +206,7 @@ def build_context(study_dir: Path, *, top: int = 5, with_doctor: bool = True) ->
         "notes": notes,
     }
     context["findings"] = _diagnose(trials, best, aggregates, len(classes), metric, doctor, n_val,
-                                    split.merged_groups if split else 0)
+                                    merged_groups=split.merged_groups if split else 0)
     context["pixels"] = _pixels(holdout.get("pixels"), best, headline, context["findings"])
     context["best_model"] = (_best_model(best, loaded.probs.get(best.number), split,
                                          Path(config.data_dir), classes, metric)

@@ -43,7 +43,7 @@ def _kept_epoch(trial: TrialRecord) -> dict[str, Any] | None:
     return history[-1]
 
 
-def _finding(severity: str, title: str, text: str, evidence: list[str] | None = None,
+def _finding(severity: str, title: str, text: str, *, evidence: list[str] | None = None,
              advice: str = "") -> dict[str, Any]:
     return {"severity": severity, "title": title, "text": text, "evidence": evidence or [],
             "advice": advice}
@@ -55,7 +55,7 @@ def _pct(value: float | None) -> str:
 
 def _diagnose(trials: list[TrialRecord], best: TrialRecord | None,
               aggregates: list[dict[str, Any]], n_classes: int, metric: str,
-              doctor: dict[str, Any] | None, n_val: int, merged_groups: int = 0
+              doctor: dict[str, Any] | None, n_val: int, *, merged_groups: int = 0
               ) -> list[dict[str, Any]]:
     """Findings in words, most serious first, one pattern per helper below."""
     label = METRIC_LABELS.get(metric, metric)
@@ -105,10 +105,10 @@ def _overfitting(complete: list[TrialRecord],
         f"{len(overfit)} of {len(gaps)} completed trials ended with training accuracy at "
         f"least {OVERFIT_GAP * 100:.0f} points above validation accuracy"
         + (", the recommended one among them." if best_overfits else "."),
-        [f"trial #{t.number}: train {_pct(k['train_accuracy'])} vs val "
+        evidence=[f"trial #{t.number}: train {_pct(k['train_accuracy'])} vs val "
          f"{_pct(k['val_accuracy'])} (gap {g * 100:.0f} points) — {t.short}"
          for t, g, k in sorted(overfit, key=lambda x: -x[1])[:6]],
-        "Regularise: stronger augmentation, more head dropout, fewer unfrozen blocks or "
+        advice="Regularise: stronger augmentation, more head dropout, fewer unfrozen blocks or "
         "fewer epochs; more training images help most.")]
 
 
@@ -135,8 +135,8 @@ def _not_learning(complete: list[TrialRecord], chance: float) -> list[dict[str, 
     return [_finding(
         "warn" if len(flat) * 2 >= len(complete) else "info", "Not learning",
         f"{len(flat)} of {len(complete)} completed trials barely learned: their score "
-        "stayed near chance or their training loss hardly fell.", flat[:8],
-        "Preprocessing is part of every tlsearch model (the backbone's own), so a "
+        "stayed near chance or their training loss hardly fell.", evidence=flat[:8],
+        advice="Preprocessing is part of every tlsearch model (the backbone's own), so a "
         "pixel-range mismatch is ruled out. Look at the learning rate (too low: flat "
         "loss; too high: noisy loss), at the weights (random init learns slowly) and "
         "at the labels (duplicates with conflicting labels, see data health).")]
@@ -189,8 +189,8 @@ def _unstable(trials: list[TrialRecord],
     evidence = [f"trial #{t.number}: {t.failure_detail or 'nan_loss'} — {t.short}"
                 for t in nan[:5]] + rising[:5]
     return [_finding(
-        "warn", "Unstable training", "; ".join(text) + "." + compare, evidence,
-        "A learning rate too high destroys pretrained features: lower the head LR, keep "
+        "warn", "Unstable training", "; ".join(text) + "." + compare, evidence=evidence,
+        advice="A learning rate too high destroys pretrained features: lower the head LR, keep "
         "the backbone LR well below it (backbone_lr_ratio), unfreeze fewer blocks or "
         "gradually, and add warm-up epochs.")]
 
@@ -219,8 +219,8 @@ def _imbalance(best: TrialRecord | None, doctor: dict[str, Any] | None,
             "warn", "Imbalance symptoms",
             f"The recommended trial's accuracy is {100 * (acc - bal):.0f} points above its "
             "balanced accuracy: the large classes carry the score, small ones are missed.",
-            evidence,
-            f"Judge by balanced accuracy or macro F1 (the objective here is {label}); "
+            evidence=evidence,
+            advice=f"Judge by balanced accuracy or macro F1 (the objective here is {label}); "
             "search the imbalance remedies (class_weight, oversample, focal); collect "
             "more images of the weak classes.")]
     if ratio and ratio >= 1.5:

@@ -238,7 +238,7 @@ def _constraints(config: Any, complete: list[TrialRecord]
 
 
 def _baselines(trials: list[TrialRecord], best: TrialRecord | None,
-               metric: str, test_scores: dict[str, Any],
+               metric: str, test_scores: dict[str, Any], *,
                headline: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Each standard recipe's trial, and how the recommendation (on test: `headline`)
     compares with it."""

@@ -41,7 +41,7 @@ def pruning_offset(strategy: Any) -> int:
     return strategy.head_epochs if strategy.fine_tunes else 0
 
 class _OptunaReporter:
-    def __init__(self, trial: Any, on_epoch: Callable[[dict], None] | None,
+    def __init__(self, trial: Any, on_epoch: Callable[[dict], None] | None, *,
                  prunable: bool = True, crash_with: str | None = None, offset: int = 0):
         self.trial, self.on_epoch, self.prunable = trial, on_epoch, prunable
         self.crash_with, self.offset = crash_with, offset

@@ -119,7 +119,7 @@ class TrialRecorder:
         if number not in keep:
             kept.drop(self.handle.trial_dir(number))
 
-    def ended(self, number: int, end: str, result: Any = None,
+    def ended(self, number: int, end: str, result: Any = None, *,
               value: float | None = None) -> None:
         """Announce the end: one event shape whatever the engine."""
         complete = end == "complete"

@@ -50,14 +50,14 @@ class _HpTrial:
         self.suggested[name] = value
         return value
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1,
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1,
                     log: bool = False) -> int:
         value = int(self.hp.Int(name, low, high, step=None if log else step,
                                 sampling="log" if log else "linear"))
         self.suggested[name] = value
         return value
 
-    def suggest_float(self, name: str, low: float, high: float, step: float | None = None,
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> float:
         value = float(self.hp.Float(name, low, high, step=step,
                                     sampling="log" if log else "linear"))
