@@ -19,11 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tlsearch.demo import KINDS
-from tlsearch.metrics import OBJECTIVES
-from tlsearch.rank import RANKERS
-from tlsearch.recommend import RULES
-from tlsearch.search import ENGINES, ORACLES, PRUNERS
+from tlsearch.options import ENGINES, KINDS, OBJECTIVES, ORACLES, PRUNERS, RANKERS, RULES
 
 app = typer.Typer(
     name="tlsearch",

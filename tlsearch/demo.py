@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tlsearch.options import KINDS
+
 __all__ = ["KINDS", "MARKER", "TEXTURES", "DemoDataError", "write_demo_data"]
 
 #: Written into the demo folder; its presence lets a later run overwrite the folder.
@@ -33,7 +35,6 @@ _KEEP_LAST = 0.12  # fraction of digit 9 kept
 _KEEP_LAST_TEXTURE = 0.25
 _TILE = 40  # source pixels per texture tile (photos scaled to a 512-pixel short side)
 _IMAGE_NAME = re.compile(r"^\d+\.png$")
-KINDS = ("textures", "digits")
 #: Texture class -> the scikit-image sample photo it is cut from (all ship in the wheel).
 TEXTURES = {"brick": "brick", "grass": "grass", "gravel": "gravel", "moon": "moon",
             "stars": "hubble_deep_field", "tissue": "immunohistochemistry",

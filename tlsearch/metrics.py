@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from tlsearch.options import OBJECTIVES
+
 __all__ = ["OBJECTIVES", "compute_metrics", "epoch_scores", "metric_value"]
 
-#: The scores a search can maximise (`objective:` in a space, `--metric`).
-OBJECTIVES = ("balanced_accuracy", "accuracy", "macro_f1")
 
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from tlsearch.options import RANKERS
+
 __all__ = ["RANKERS", "RankRow", "h_score", "knn_accuracy", "logme", "logme_evidence", "sfda",
            "logme_fit", "rank_backbones", "ranker_agreement"]
 
@@ -188,17 +190,6 @@ def sfda(features: np.ndarray, labels: np.ndarray) -> float:
     mixed = own * x + (1 - own) * others[y]
     second, _ = _fisher_probabilities(mixed, y, shrinkage)
     return float(np.mean(second[np.arange(len(y)), y]))
-
-
-#: Ranker name -> what it is, in the report's and `rank --help`'s words.
-RANKERS = {
-    "logme": "LogME evidence of a linear model (You et al., ICML 2021)",
-    "knn": "cross-validated cosine 5-NN balanced accuracy on frozen features",
-    "hscore": "regularised H-score (Ibrahim et al., ICLR 2022)",
-    "sfda": "self-challenging Fisher discriminant analysis (Shao et al., ECCV 2022)",
-    "probe": "balanced accuracy of a standardized logistic regression on validation",
-    "size": "the backbone's compute at that size (GFLOPs): the prior a learned score must beat",
-}
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tlsearch.options import RULES
+
 __all__ = ["RULES", "Candidate", "Selection", "floor_partner", "paired_standard_error",
            "select"]
 
-#: "best": the top validation score; "1se": the simplest trial within one standard error.
-RULES = ("best", "1se")
 RESAMPLES = 1000
 SEED = 0
 

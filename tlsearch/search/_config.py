@@ -8,14 +8,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tlsearch.options import ENGINES
 from tlsearch.paths import default_cache_dir
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
 SPACE_FILE = "space.json"
 JOURNAL_FILE = "journal.log"
-#: What proposes the trials: Optuna's sampler and pruner, or a KerasTuner oracle.
-ENGINES = ("optuna", "keras-tuner")
 
 
 class SearchError(RuntimeError):

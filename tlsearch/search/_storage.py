@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsearch.atomic import write_json
+from tlsearch.options import PRUNERS
 from tlsearch.search._config import (
     CONFIG_FILE,
     JOURNAL_FILE,
@@ -23,8 +24,6 @@ from tlsearch.search._config import (
     SearchConfig,
     SearchError,
 )
-
-PRUNERS = ("hyperband", "median", "sha", "none")
 
 
 def make_storage(url: str | None, study_dir: Path):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tlsearch.atomic import write_json
+from tlsearch.options import ORACLES
 from tlsearch.search._config import SearchConfig, SearchError
 from tlsearch.search._optuna import run_search
 from tlsearch.search._prepare import prepare_search
@@ -30,7 +31,6 @@ from tlsearch.search._recorder import TrialRecorder, disk_error, disk_failure, o
 from tlsearch.search._storage import _finished_count, _max_steps
 from tlsearch.search._summary import SearchOutcome, study_summary
 
-ORACLES = ("hyperband", "bayesian")
 #: What stops trials early under each oracle, in `--pruner` terms: Hyperband brackets
 #: are the oracle's own; Bayesian optimisation trains every trial to its end.
 ORACLE_PRUNER = {"hyperband": "hyperband", "bayesian": "none"}

@@ -6,7 +6,7 @@ samples them; `_load` reads a bundled name or a YAML file, with `--set` override
 one. Every problem in a space or an override is a one-line `SpaceError` naming the key.
 """
 
-from tlsearch.metrics import OBJECTIVES
+from tlsearch.options import OBJECTIVES
 from tlsearch.space._load import bundled_spaces, load_space
 from tlsearch.space._model import (
     CONDITIONAL_PARAMS,

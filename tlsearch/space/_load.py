@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tlsearch.metrics import OBJECTIVES
+from tlsearch.options import OBJECTIVES
 from tlsearch.space._model import (
     _DOMAINS,
     _META_KEYS,
